@@ -1,0 +1,102 @@
+package broker
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// ProtocolErrorKind names a kind of protocol violation a client committed.
+type ProtocolErrorKind int
+
+// Kinds of protocol violation, counted separately. The first eight follow
+// the protocol's validation rules; Truncated is a GET_PAIR cut short by a
+// hang-up, Trailing is data past the GET_PAIR and its padding.
+const (
+	ErrKindVersion ProtocolErrorKind = iota
+	ErrKindFlags
+	ErrKindRequest
+	ErrKindSize
+	ErrKindDescriptors
+	ErrKindUnexpected
+	ErrKindMode
+	ErrKindKeyLength
+	ErrKindTruncated
+	ErrKindTrailing
+	numErrKinds
+)
+
+var errKindNames = [numErrKinds]string{
+	"version", "flags", "request", "size", "descriptors",
+	"unexpected", "mode", "key_len", "truncated", "trailing",
+}
+
+func (k ProtocolErrorKind) String() string {
+	if k < 0 || k >= numErrKinds {
+		return "unknown"
+	}
+	return errKindNames[k]
+}
+
+// kindOf maps a validation error to its counter.
+func kindOf(err error) ProtocolErrorKind {
+	for k, e := range [...]error{
+		libspbroker.ErrVersion, libspbroker.ErrFlags, libspbroker.ErrRequest,
+		libspbroker.ErrSize, libspbroker.ErrFDCount, libspbroker.ErrUnexpected,
+		libspbroker.ErrMode, libspbroker.ErrKeyLength,
+	} {
+		if errors.Is(err, e) {
+			return ProtocolErrorKind(k)
+		}
+	}
+	return ErrKindTruncated
+}
+
+// Stats is a snapshot of a Broker's counters.
+type Stats struct {
+	Accepted uint64 // connections accepted (refused ones included)
+	Paired   uint64 // pairs handed out (two clients each)
+	Refused  uint64 // connections closed at once for lack of room
+	TimedOut uint64 // clients that did not send a whole GET_PAIR in time
+	Vanished uint64 // waiting clients that hung up before being paired
+	Waiting  int    // clients waiting for a peer now
+	Conns    int    // open client connections now (handshaking and waiting)
+
+	// ProtocolErrors counts violations by kind, indexed by ProtocolErrorKind.
+	ProtocolErrors [numErrKinds]uint64
+}
+
+// ProtocolErrorsByName returns the protocol error counters keyed by kind name.
+func (s *Stats) ProtocolErrorsByName() map[string]uint64 {
+	m := make(map[string]uint64, numErrKinds)
+	for k, n := range s.ProtocolErrors {
+		m[ProtocolErrorKind(k).String()] = n
+	}
+	return m
+}
+
+// counters are written by the loop goroutine and read by Stats.
+type counters struct {
+	accepted, paired, refused, timedOut, vanished atomic.Uint64
+	waiting, conns                                atomic.Int64
+	protocol                                      [numErrKinds]atomic.Uint64
+}
+
+// Stats returns a snapshot of the counters; safe from any goroutine.
+func (b *Broker) Stats() Stats {
+	c := &b.stats
+	s := Stats{
+		Accepted: c.accepted.Load(),
+		Paired:   c.paired.Load(),
+		Refused:  c.refused.Load(),
+		TimedOut: c.timedOut.Load(),
+		Vanished: c.vanished.Load(),
+		Waiting:  int(c.waiting.Load()),
+		Conns:    int(c.conns.Load()),
+	}
+	for i := range c.protocol {
+		s.ProtocolErrors[i] = c.protocol[i].Load()
+	}
+	return s
+}

@@ -1,0 +1,18 @@
+// Package libspbroker is the Go implementation of libspbroker: the wire
+// format of the SocketPair Broker Protocol, version 1, and a client for it.
+//
+// A SocketPair Broker listens on one Unix stream socket. Two clients that
+// send a GET_PAIR with the same key and compatible modes each receive, in a
+// SET_PAIR, one end of a fresh connected socketpair, and then talk to each
+// other directly.
+//
+// The package mirrors the C library's headers: [Message] and its constants
+// follow proto.h; [Dial], [Conn.SendGetPair], [Conn.ReceiveSetPair] and
+// [GetPair] follow helper.h. The lower-level [Connect], [SendGetPair] and
+// [ReceiveSetPair] work on raw descriptors owned by the caller, for code that
+// runs its own event loop.
+//
+// Wire size: the protocol's document lays a message out in 1040 bytes, but
+// the original C implementation sends 1044 (its payload union is padded to
+// 8 bytes). This package sends 1044-byte messages and accepts 1040 or 1044.
+package libspbroker
