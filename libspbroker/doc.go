@@ -10,7 +10,10 @@
 // follow proto.h; [Dial], [Conn.SendGetPair], [Conn.ReceiveSetPair] and
 // [GetPair] follow helper.h. The lower-level [Connect], [SendGetPair] and
 // [ReceiveSetPair] work on raw descriptors owned by the caller, for code that
-// runs its own event loop.
+// runs its own event loop. Every function says who owns the descriptors it
+// returns; none of them closes a descriptor the caller passed in. The client
+// is Linux-only (it relies on MSG_CMSG_CLOEXEC and the abstract namespace);
+// the wire format builds everywhere.
 //
 // Wire size: the protocol's document lays a message out in 1040 bytes, but
 // the original C implementation sends 1044 (its payload union is padded to

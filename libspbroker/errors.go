@@ -27,6 +27,11 @@ var (
 	ErrMode       error = &protocolKind{"invalid pairing mode"}
 	ErrKeyLength  error = &protocolKind{"key length out of range 1..1024"}
 
+	// ErrPayload is a SET_PAIR whose 64-bit payload is not zero. Validate
+	// does not check it (the protocol's rules do not list it); the client's
+	// receive path does.
+	ErrPayload error = &protocolKind{"non-zero SET_PAIR payload"}
+
 	// ErrLength is a message of the wrong number of bytes: cut short by the
 	// end of the stream, or followed by more data than padding.
 	ErrLength error = &protocolKind{"wrong message length"}
@@ -41,9 +46,9 @@ var (
 // ProtocolError describes a message that broke a rule of the protocol:
 // which field, the value found, and the kind of violation in Err.
 type ProtocolError struct {
-	Field string // "version", "flags", "request", "size", "descriptors", "mode", "key_len" or "length"
+	Field string // "version", "flags", "request", "size", "descriptors", "mode", "key_len", "u64" or "length"
 	Value uint64 // the offending value
-	Err   error  // one of ErrVersion, ErrFlags, ... ErrLength
+	Err   error  // one of ErrVersion, ErrFlags, ... ErrPayload, ErrLength
 }
 
 func (e *ProtocolError) Error() string {

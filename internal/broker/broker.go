@@ -149,12 +149,18 @@ func (b *Broker) Serve(ln *net.UnixListener) error {
 	b.mu.Lock()
 	b.wakeFD = l.wakeFD
 	b.mu.Unlock()
-	b.log.Info("broker serving", "max_conns", b.maxConns, "handshake_timeout", b.handshake)
-	l.run()
+	b.log.Debug("engine running", "max_conns", b.maxConns, "handshake_timeout", b.handshake)
+	runErr := l.run()
 	b.mu.Lock()
 	b.wakeFD = -1
+	b.closed = true
 	b.mu.Unlock()
+	l.drainCalls() // anything posted before wakeFD was cleared
 	l.close()
+	if runErr != nil {
+		b.log.Error("engine stopped", "err", runErr)
+		return runErr
+	}
 	return ErrClosed
 }
 

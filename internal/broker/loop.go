@@ -73,7 +73,17 @@ type conn struct {
 	prev, next int32 // deadline list links
 	qprev      int32 // same-key queue: previous, or the tail for the head
 	qnext      int32
+	partial    *reqBuf // a request arriving in pieces, consumed so far
+	got        uint16  // bytes in partial
+	consumed   uint16  // bytes of the stream the request took, if consumed
 }
+
+// reqBuf holds a request that arrives in pieces: the longest message and
+// one byte more, to notice trailing data.
+type reqBuf [libspbroker.MessageSize + 1]byte
+
+// maxFreeBufs bounds the reqBufs kept for reuse.
+const maxFreeBufs = 64
 
 // fdList is a FIFO of connections threaded through conn.prev/next.
 type fdList struct{ head, tail int32 }
@@ -105,6 +115,8 @@ type loop struct {
 	lastLog  int64 // last limit warning
 	refusals uint64
 	pausedAt int64 // listener paused since, or 0
+	pollFD   [1]unix.PollFd
+	freeBufs []*reqBuf
 }
 
 func newLoop(b *Broker, lfd int) (*loop, error) {
@@ -156,7 +168,7 @@ func (l *loop) ctl(op, fd int, events uint32, gen uint32) error {
 func (l *loop) close() {
 	for fd := range l.conns {
 		if l.conns[fd].state != stFree {
-			l.closeConn(int32(fd))
+			l.drop(int32(fd))
 		}
 	}
 	l.closePair()
@@ -170,16 +182,16 @@ func (l *loop) close() {
 
 func (l *loop) clock() int64 { return int64(time.Since(l.start)) }
 
-func (l *loop) run() {
+// run serves until Shutdown (nil) or a failure of epoll itself.
+func (l *loop) run() error {
 	if l.b.isClosed() {
-		return
+		return nil
 	}
 	lastYield := l.clock()
 	for !l.stopping {
 		n, err := unix.EpollWait(l.epfd, l.events, l.timeout())
 		if err != nil && err != unix.EINTR {
-			l.b.log.Error("epoll_wait failed; stopping", "err", err)
-			return
+			return os.NewSyscallError("epoll_wait", err)
 		}
 		l.now = l.clock()
 		l.debug = l.b.log.Enabled(context.Background(), slog.LevelDebug)
@@ -200,6 +212,17 @@ func (l *loop) run() {
 			runtime.Gosched()
 			lastYield = l.clock()
 		}
+	}
+	return nil
+}
+
+// drainCalls runs calls posted while the loop was stopping, so that none
+// is lost: they see l.stopping and answer accordingly. Serve calls it once
+// post can no longer queue anything.
+func (l *loop) drainCalls() {
+	l.stopping = true
+	for _, fn := range l.b.takeCalls() {
+		fn(l)
 	}
 }
 
@@ -268,9 +291,10 @@ func (l *loop) accept() {
 	c.since = l.now
 	c.polled = false
 	c.qprev, c.qnext = noFD, noFD
+	c.consumed = 0
 	l.nconns++
 	l.b.stats.conns.Add(1)
-	l.readRequest(int32(fd), false)
+	l.readRequest(int32(fd), false, false)
 }
 
 // refuseNoRoom handles an accept that failed for lack of descriptors or
@@ -331,7 +355,7 @@ func (l *loop) event(fd int32, gen uint32, events uint32) {
 	hup := events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
 	switch c.state {
 	case stReading:
-		l.readRequest(fd, hup || events&unix.EPOLLRDHUP != 0)
+		l.readRequest(fd, hup || events&unix.EPOLLRDHUP != 0, hup)
 	case stWaiting:
 		if hup {
 			l.b.stats.vanished.Add(1)
@@ -350,7 +374,7 @@ func (l *loop) event(fd int32, gen uint32, events uint32) {
 			l.drop(fd)
 		case nfds > 0 || trunc:
 			l.protocolError(fd, ErrKindDescriptors, nil)
-		case n > libspbroker.MessageSize:
+		case n+int(c.consumed) > libspbroker.MessageSize:
 			l.protocolError(fd, ErrKindTrailing, nil)
 		}
 	}
@@ -358,46 +382,148 @@ func (l *loop) event(fd int32, gen uint32, events uint32) {
 
 // readRequest looks at what fd has sent so far: a whole GET_PAIR goes on to
 // matching; an incomplete one waits for more, unless the client hung up.
-func (l *loop) readRequest(fd int32, hup bool) {
-	n, nfds, trunc, e := l.peek.peek(int(fd))
-	switch {
-	case e == unix.EAGAIN:
-		if hup {
-			l.drop(fd) // closed before sending anything
+// rdhup says the client will send nothing more; gone, that it closed.
+//
+// A request that arrives whole is only peeked at. One that arrives in
+// pieces is consumed into a buffer instead: unread pieces stay charged to
+// the client's send buffer, and a client writing a byte at a time would
+// fill it long before its request was complete.
+func (l *loop) readRequest(fd int32, rdhup, gone bool) {
+	c := &l.conns[fd]
+	if c.partial == nil {
+		n, nfds, trunc, e := l.peek.peek(int(fd))
+		switch {
+		case e == unix.EAGAIN:
+			if rdhup {
+				l.drop(fd) // closed before sending anything
+			} else {
+				l.awaitMore(fd)
+			}
 			return
-		}
-		l.awaitMore(fd)
-		return
-	case e != 0:
-		l.drop(fd)
-		return
-	case n == 0:
-		l.drop(fd) // end of file: the client gave up
-		return
-	case n > libspbroker.MessageSize:
-		l.protocolError(fd, ErrKindTrailing, nil)
-		return
-	case n < libspbroker.DocumentedMessageSize:
-		if nfds > 0 || trunc {
+		case e != 0:
+			l.drop(fd)
+			return
+		case n == 0:
+			l.drop(fd) // end of file: the client gave up
+			return
+		case n > libspbroker.MessageSize:
+			l.protocolError(fd, ErrKindTrailing, nil)
+			return
+		case n < libspbroker.DocumentedMessageSize && (nfds > 0 || trunc):
 			l.protocolError(fd, ErrKindDescriptors, nil)
-		} else if hup {
-			l.protocolError(fd, ErrKindTruncated, nil)
-		} else {
-			l.awaitMore(fd)
+			return
+		case n < libspbroker.DocumentedMessageSize:
+			c.partial = l.getBuf()
+		default:
+			if trunc {
+				nfds = max(nfds, 1)
+			}
+			if !l.validate(fd, l.peek.buf[:n], nfds) {
+				return
+			}
 		}
-		return
 	}
-	if trunc {
-		nfds = max(nfds, 1)
-	}
-	m := &l.msg
-	m.Decode(l.peek.buf[:n])
-	if err := libspbroker.Validate(m, nfds, libspbroker.RequestGetPair); err != nil {
-		l.protocolError(fd, kindOf(err), err)
+	if c.partial != nil && !l.consume(fd, rdhup) {
 		return
 	}
 	l.unlist(fd)
-	l.match(fd, m.Mode, m.PairKey())
+	if gone {
+		// A whole request from a client that has already closed: pairing
+		// it would hand its peer a dead end.
+		l.b.stats.vanished.Add(1)
+		l.drop(fd)
+		return
+	}
+	// A client that came through epoll would have reported a hang-up in
+	// its event; one taken at accept time is asked in match.
+	l.match(fd, l.msg.Mode, l.msg.PairKey(), !c.polled)
+}
+
+// validate decodes a whole request into l.msg and checks it; on a
+// violation it disconnects fd and reports false.
+func (l *loop) validate(fd int32, data []byte, nfds int) bool {
+	m := &l.msg
+	m.Decode(data)
+	if err := libspbroker.Validate(m, nfds, libspbroker.RequestGetPair); err != nil {
+		l.protocolError(fd, kindOf(err), err)
+		return false
+	}
+	return true
+}
+
+// consume reads what fd has sent into its partial buffer. It reports true
+// once the whole request has arrived and been validated into l.msg, false
+// while it is incomplete or when fd was disconnected.
+func (l *loop) consume(fd int32, rdhup bool) bool {
+	c := &l.conns[fd]
+	buf := c.partial[:]
+	eof := false
+	for int(c.got) < len(buf) {
+		n, nfds, e := l.peek.read(int(fd), buf[c.got:])
+		if nfds > 0 {
+			l.protocolError(fd, ErrKindDescriptors, nil)
+			return false
+		}
+		if e == unix.EINTR {
+			continue
+		}
+		if e == unix.EAGAIN {
+			break
+		}
+		if e != 0 {
+			l.drop(fd)
+			return false
+		}
+		if n == 0 {
+			eof = true
+			break
+		}
+		c.got += uint16(n)
+	}
+	switch got := int(c.got); {
+	case got > libspbroker.MessageSize:
+		l.protocolError(fd, ErrKindTrailing, nil)
+		return false
+	case got < libspbroker.DocumentedMessageSize && (eof || rdhup):
+		l.protocolError(fd, ErrKindTruncated, nil)
+		return false
+	case got < libspbroker.DocumentedMessageSize:
+		l.awaitMore(fd)
+		return false
+	}
+	if !l.validate(fd, buf[:c.got], 0) {
+		return false
+	}
+	// The request is in l.msg now; remember how much of the stream it took
+	// so that the trailing-data check of a waiter stays right.
+	c.consumed = c.got
+	l.putBuf(c.partial)
+	c.partial, c.got = nil, 0
+	return true
+}
+
+// hungUp reports whether fd's client has closed its end, without waiting.
+func (l *loop) hungUp(fd int32) bool {
+	l.pollFD[0] = unix.PollFd{Fd: fd, Events: unix.POLLRDHUP}
+	n, err := unix.Poll(l.pollFD[:], 0)
+	return err == nil && n > 0 && l.pollFD[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+}
+
+// getBuf returns a buffer for a request that arrives in pieces.
+func (l *loop) getBuf() *reqBuf {
+	if n := len(l.freeBufs); n > 0 {
+		b := l.freeBufs[n-1]
+		l.freeBufs = l.freeBufs[:n-1]
+		return b
+	}
+	return new(reqBuf)
+}
+
+// putBuf keeps a few buffers for reuse; the rest go to the collector.
+func (l *loop) putBuf(b *reqBuf) {
+	if len(l.freeBufs) < maxFreeBufs {
+		l.freeBufs = append(l.freeBufs, b)
+	}
 }
 
 // awaitMore makes sure fd is polled and under the handshake deadline.
@@ -429,13 +555,24 @@ func (l *loop) indexKey(mode libspbroker.Mode, key []byte) []byte {
 	return l.keybuf[:1+copy(l.keybuf[1:], key)]
 }
 
-// match pairs fd with the oldest compatible waiter, or parks it.
-func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte) {
+// match pairs fd with the oldest compatible waiter, or parks it. With
+// checkHup it first makes sure fd's client is still there, at the cost of a
+// system call paid only when a waiter exists.
+func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool) {
 	for {
 		w, ok := l.index[string(l.indexKey(mode.Peer(), key))]
 		if !ok {
+			l.closePair() // left over if a waiter vanished
 			l.park(fd, mode, key)
 			return
+		}
+		if checkHup {
+			if l.hungUp(fd) {
+				l.b.stats.vanished.Add(1)
+				l.drop(fd)
+				return
+			}
+			checkHup = false
 		}
 		if l.pair[0] < 0 {
 			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -458,8 +595,11 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte) {
 			l.drop(w)
 			continue
 		}
-		l.drop(w)
 		e := l.send.send(int(fd), l.pair[1])
+		if e == 0 {
+			l.b.stats.paired.Add(1)
+		}
+		l.drop(w)
 		l.closePair()
 		l.drop(fd)
 		if e != 0 {
@@ -468,7 +608,6 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte) {
 			}
 			return
 		}
-		l.b.stats.paired.Add(1)
 		if l.debug {
 			l.b.log.Debug("paired", "key", string(key), "mode", mode)
 		}
@@ -538,23 +677,18 @@ func (l *loop) dequeue(fd int32) {
 
 // drop closes a client connection, whatever its state.
 func (l *loop) drop(fd int32) {
-	if l.conns[fd].state == stWaiting {
-		l.dequeue(fd)
-	}
-	l.unlist(fd)
-	l.closeConn(fd)
-}
-
-func (l *loop) closeConn(fd int32) {
 	c := &l.conns[fd]
 	if c.state == stWaiting {
 		l.dequeue(fd)
 	}
+	l.unlist(fd)
+	if c.partial != nil {
+		l.putBuf(c.partial)
+		c.partial, c.got = nil, 0
+	}
 	// Closing also removes fd from epoll: the engine never duplicates it.
 	unix.Close(int(fd))
 	c.state = stFree
-	c.key = ""
-	c.list = onNoList
 	l.nconns--
 	l.b.stats.conns.Add(-1)
 }

@@ -64,6 +64,28 @@ func (p *peeker) peek(fd int) (n, nfds int, truncated bool, err unix.Errno) {
 	return int(r), nfds, p.hdr.Flags&unix.MSG_CTRUNC != 0, 0
 }
 
+// read consumes up to len(b) bytes from fd into b without blocking. It
+// returns the number of descriptors that came along, which it has closed.
+func (p *peeker) read(fd int, b []byte) (n, nfds int, err unix.Errno) {
+	iov := unix.Iovec{Base: &b[0]}
+	iov.SetLen(len(b))
+	h := unix.Msghdr{Iov: &iov, Control: &p.oob[0]}
+	h.SetIovlen(1)
+	h.SetControllen(len(p.oob))
+	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&h)),
+		unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if e != 0 {
+		return 0, 0, e
+	}
+	if h.Controllen > 0 {
+		nfds = closeRights(p.oob[:h.Controllen])
+	}
+	if h.Flags&unix.MSG_CTRUNC != 0 {
+		nfds = max(nfds, 1)
+	}
+	return int(r), nfds, 0
+}
+
 // closeRights closes every descriptor in the SCM_RIGHTS messages of oob
 // and returns how many there were.
 func closeRights(oob []byte) int {

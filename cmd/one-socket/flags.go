@@ -1,0 +1,189 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/one-socket/one-socket/internal/broker"
+)
+
+// envSocketPath names the socket path when --socket is not given; the
+// original daemon reads the same variable.
+const envSocketPath = "ONE_SOCKET_PATH"
+
+// rootSocketPath is the default socket path for root.
+const rootSocketPath = "/run/one.socket"
+
+// defaultSocketMode lets the owner and the owner's group connect.
+const defaultSocketMode fs.FileMode = 0o660
+
+// config is the daemon's configuration after flags are parsed. The socket
+// path is resolved separately (see socketPath) since it depends on the
+// environment.
+type config struct {
+	socket           string // --socket, empty when not given
+	socketMode       fs.FileMode
+	logLevel         slog.Level
+	handshakeTimeout time.Duration
+	maxConns         int
+	version          bool
+}
+
+// errUsage marks a command line that cannot be used; main exits 2 on it.
+var errUsage = errors.New("usage error")
+
+// parseFlags parses the command line (without the program name). It
+// returns flag.ErrHelp for -h/--help after printing the usage text to
+// stdout, and an error wrapping errUsage, already explained on stderr, for
+// anything it cannot accept.
+func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
+	cfg := &config{
+		socketMode:       defaultSocketMode,
+		logLevel:         slog.LevelInfo,
+		handshakeTimeout: broker.DefaultHandshakeTimeout,
+	}
+	set := flag.NewFlagSet("one-socket", flag.ContinueOnError)
+	set.SetOutput(stderr)
+	set.StringVar(&cfg.socket, "socket", "", "listen on `PATH`; a name starting with '@' is a Linux abstract socket\n"+
+		"(default: $"+envSocketPath+", else "+rootSocketPath+" for root,\nelse $XDG_RUNTIME_DIR/one.socket)")
+	set.Var((*modeValue)(&cfg.socketMode), "socket-mode", "set the socket file's permission bits to `MODE` (octal) after bind")
+	set.Var((*levelValue)(&cfg.logLevel), "log-level", "log at `LEVEL` and above: debug, info, warn or error;\ndebug adds a line per client event")
+	set.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", cfg.handshakeTimeout,
+		"disconnect a client that has not sent its whole GET_PAIR\nwithin `DURATION` (e.g. 500ms, 5s)")
+	set.IntVar(&cfg.maxConns, "max-conns", 0, "accept at most `N` client connections at once;\n0 derives N from the descriptor limit")
+	set.BoolVar(&cfg.version, "version", false, "print the version and exit")
+	// The flag package calls Usage both for --help and after printing an
+	// error; the full text goes to stdout for --help only, and a mistake
+	// gets a pointer to it, below.
+	set.Usage = func() {}
+
+	if err := set.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(set, stdout)
+			return nil, err
+		}
+		fmt.Fprintln(stderr, "Run 'one-socket --help' for usage.")
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	bad := func(format string, a ...any) (*config, error) {
+		err := fmt.Errorf(format, a...)
+		fmt.Fprintf(stderr, "one-socket: %v\nRun 'one-socket --help' for usage.\n", err)
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if set.NArg() > 0 {
+		return bad("unexpected argument %q (the socket path is given with --socket)", set.Arg(0))
+	}
+	if cfg.handshakeTimeout <= 0 {
+		return bad("--handshake-timeout must be positive, not %v", cfg.handshakeTimeout)
+	}
+	if cfg.maxConns < 0 {
+		return bad("--max-conns must be 0 (derived) or more, not %d", cfg.maxConns)
+	}
+	return cfg, nil
+}
+
+// usage prints the help text: what the daemon does, its flags spelled with
+// two dashes as the documentation spells them, and the environment it reads.
+func usage(set *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, `Usage: one-socket [flags]
+
+one-socket is a SocketPair Broker: it listens on one Unix socket and gives
+two clients that ask with the same key the two ends of a fresh socketpair.
+
+Flags:
+`)
+	set.VisitAll(func(f *flag.Flag) {
+		name, text := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s", f.Name)
+		if name != "" {
+			fmt.Fprintf(w, " %s", name)
+		}
+		fmt.Fprintf(w, "\n    \t%s", strings.ReplaceAll(text, "\n", "\n    \t"))
+		switch f.DefValue {
+		case "", "0", "false":
+		default:
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+	fmt.Fprint(w, `
+Environment:
+  ONE_SOCKET_PATH   socket path when --socket is not given
+  XDG_RUNTIME_DIR   holds the default socket for a user other than root
+  GOMAXPROCS        threads running Go code; one-socket uses 1 unless set
+
+SIGINT or SIGTERM stops the broker: waiting clients are disconnected and
+the socket file is removed.
+`)
+}
+
+// socketPath decides where to listen: the --socket flag, else
+// $ONE_SOCKET_PATH, else rootSocketPath for root (euid 0), else
+// $XDG_RUNTIME_DIR/one.socket. Empty variables count as unset. getenv and
+// euid are parameters so that tests can play any user.
+func socketPath(flagValue string, getenv func(string) string, euid int) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if p := getenv(envSocketPath); p != "" {
+		return p, nil
+	}
+	if euid == 0 {
+		return rootSocketPath, nil
+	}
+	dir := getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		return "", fmt.Errorf("no socket path: XDG_RUNTIME_DIR is not set, so there is no default for a user other than root; "+
+			"use --socket PATH or set %s", envSocketPath)
+	}
+	return filepath.Join(dir, "one.socket"), nil
+}
+
+// modeValue is a flag.Value for permission bits written in octal.
+type modeValue fs.FileMode
+
+func (m *modeValue) String() string { return fmt.Sprintf("%04o", uint32(*m)) }
+
+func (m *modeValue) Set(s string) error {
+	digits := strings.TrimPrefix(strings.TrimPrefix(s, "0o"), "0O")
+	v, err := strconv.ParseUint(digits, 8, 32)
+	if err != nil || digits == "" {
+		return fmt.Errorf("%q is not an octal mode such as 0660", s)
+	}
+	// Only permission bits: setuid, setgid and sticky mean nothing on a
+	// socket, and os.Chmod would not take them in this form anyway.
+	if v > 0o777 {
+		return fmt.Errorf("mode %s has bits beyond 0777", s)
+	}
+	*m = modeValue(v)
+	return nil
+}
+
+// levelValue is a flag.Value for the four log levels by name.
+type levelValue slog.Level
+
+func (l *levelValue) String() string { return strings.ToLower(slog.Level(*l).String()) }
+
+func (l *levelValue) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "debug":
+		*l = levelValue(slog.LevelDebug)
+	case "info":
+		*l = levelValue(slog.LevelInfo)
+	case "warn", "warning":
+		*l = levelValue(slog.LevelWarn)
+	case "error":
+		*l = levelValue(slog.LevelError)
+	default:
+		return fmt.Errorf("unknown level %q: want debug, info, warn or error", s)
+	}
+	return nil
+}

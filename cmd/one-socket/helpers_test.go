@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	spb "github.com/one-socket/one-socket/libspbroker"
+)
+
+// testVersion is linked into the daemon under test, to check --version.
+const testVersion = "v0.0.0-test"
+
+// daemonBin is the one-socket binary that TestMain builds.
+var daemonBin string
+
+// buildFlags are extra flags for building the daemon; race_test.go adds
+// -race so that a race test of the suite also races the daemon.
+var buildFlags []string
+
+// daemonExtraEnv is added to every daemon's environment.
+var daemonExtraEnv []string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "one-socket-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	daemonBin = filepath.Join(dir, "one-socket")
+	args := append([]string{"build"}, buildFlags...)
+	args = append(args, "-ldflags=-X main.version="+testVersion, "-o", daemonBin, ".")
+	build := exec.Command("go", args...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintf(os.Stderr, "building one-socket: %v\n", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// lockedBuffer collects a process's output; the test reads it while the
+// process writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// daemon is a one-socket process under test.
+type daemon struct {
+	t      *testing.T
+	path   string // the socket it listens on
+	cmd    *exec.Cmd
+	stdout lockedBuffer
+	stderr lockedBuffer
+	done   chan struct{} // closed when the process has exited
+}
+
+// daemonEnv is the environment for the daemon: the test's own, less the
+// variables that would change where or how it runs.
+func daemonEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, envSocketPath+"=") || strings.HasPrefix(kv, "GOMAXPROCS=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, daemonExtraEnv...)
+	return append(env, extra...)
+}
+
+// spawn starts the daemon with args and env and does not wait for it.
+func spawn(t *testing.T, env []string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, done: make(chan struct{})}
+	d.cmd = exec.Command(daemonBin, args...)
+	d.cmd.Env = env
+	d.cmd.Stdout = &d.stdout
+	d.cmd.Stderr = &d.stderr
+	require.NoError(t, d.cmd.Start())
+	go func() {
+		d.cmd.Wait()
+		close(d.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("one-socket stderr:\n%s", d.stderr.String())
+		}
+	})
+	return d
+}
+
+// startDaemon starts a daemon listening on path (passed as --socket, before
+// args) and returns once it accepts connections.
+func startDaemon(t *testing.T, path string, args ...string) *daemon {
+	t.Helper()
+	d := spawn(t, daemonEnv(), append([]string{"--socket", path}, args...)...)
+	d.path = path
+	d.waitAccepting()
+	return d
+}
+
+// waitAccepting waits until a connect to the daemon's socket succeeds.
+func (d *daemon) waitAccepting() {
+	t := d.t
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-d.done:
+			t.Fatalf("one-socket exited early with status %d:\n%s", d.cmd.ProcessState.ExitCode(), d.stderr.String())
+		default:
+		}
+		c, err := net.DialTimeout("unix", d.path, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("one-socket does not accept on %s: %v\n%s", d.path, err, d.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (d *daemon) pid() int { return d.cmd.Process.Pid }
+
+// wait waits for the daemon to exit and returns its exit status (-1 if a
+// signal killed it).
+func (d *daemon) wait() int {
+	d.t.Helper()
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		d.t.Fatalf("one-socket did not exit:\n%s", d.stderr.String())
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+// stop sends sig and returns the exit status.
+func (d *daemon) stop(sig syscall.Signal) int {
+	d.t.Helper()
+	require.NoError(d.t, d.cmd.Process.Signal(sig))
+	return d.wait()
+}
+
+// runDaemon runs the daemon to completion and returns its status, stdout
+// and stderr; for command lines that must make it exit by itself.
+func runDaemon(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	d := spawn(t, daemonEnv(), args...)
+	code := d.wait()
+	return code, d.stdout.String(), d.stderr.String()
+}
+
+// fdCount returns the number of descriptors process pid has open.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	require.NoError(t, err)
+	return len(ents)
+}
+
+// stableFDCount returns pid's descriptor count once it has stopped
+// changing, so that connections from earlier steps are settled.
+func stableFDCount(t *testing.T, pid int) int {
+	t.Helper()
+	last := fdCount(t, pid)
+	for range 50 {
+		time.Sleep(100 * time.Millisecond)
+		n := fdCount(t, pid)
+		if n == last {
+			return n
+		}
+		last = n
+	}
+	t.Fatalf("descriptor count of %d never settled (last %d)", pid, last)
+	return 0
+}
+
+// waitFDCount polls until cond holds for pid's descriptor count.
+func waitFDCount(t *testing.T, pid int, what string, cond func(int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		n := fdCount(t, pid)
+		if cond(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("descriptor count of the daemon is %d; want %s", n, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var keySeq atomic.Uint64
+
+// uniqueKey returns a key no other test uses.
+func uniqueKey(prefix string) []byte {
+	return fmt.Appendf(nil, "%s-%d-%d", prefix, os.Getpid(), keySeq.Add(1))
+}
+
+// getPairWire returns a GET_PAIR as the original puts it on the wire.
+func getPairWire(key []byte, mode spb.Mode) []byte {
+	return spb.NewGetPair(key, mode).AppendEncode(nil)
+}
+
+// pairOnce pairs two Go clients through the broker at path and checks that
+// the two descriptors they get are connected to each other.
+func pairOnce(t *testing.T, path string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	key := uniqueKey("pair")
+	type result struct {
+		f   *os.File
+		err error
+	}
+	results := make(chan result, 2)
+	for _, mode := range []spb.Mode{spb.ModeServer, spb.ModeClient} {
+		go func() {
+			f, err := spb.GetPair(ctx, path, key, mode)
+			results <- result{f, err}
+		}()
+	}
+	a, b := <-results, <-results
+	for _, r := range []result{a, b} {
+		if r.f != nil {
+			defer r.f.Close()
+		}
+	}
+	require.NoError(t, a.err, "GetPair")
+	require.NoError(t, b.err, "GetPair")
+	expectConnected(t, a.f, b.f)
+}
+
+// asConn turns a descriptor received from the broker into a net.Conn,
+// which supports deadlines whatever the descriptor's blocking mode.
+func asConn(t *testing.T, f *os.File) net.Conn {
+	t.Helper()
+	c, err := net.FileConn(f)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// expectConnected checks that bytes written on a arrive on b and back.
+func expectConnected(t *testing.T, fa, fb *os.File) {
+	t.Helper()
+	a, b := asConn(t, fa), asConn(t, fb)
+	deadline := time.Now().Add(10 * time.Second)
+	for _, dir := range [][2]net.Conn{{a, b}, {b, a}} {
+		_, err := dir[0].Write([]byte("ping"))
+		require.NoError(t, err)
+		require.NoError(t, dir[1].SetReadDeadline(deadline))
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(dir[1], buf)
+		require.NoError(t, err)
+		require.Equal(t, "ping", string(buf))
+	}
+}
+
+// logCounter returns the value of name=N in the daemon's stop line.
+func logCounter(t *testing.T, stderr, name string) uint64 {
+	t.Helper()
+	line := logLine(t, stderr, "one-socket stopped")
+	m := regexp.MustCompile(`\b` + name + `=(\d+)`).FindStringSubmatch(line)
+	require.NotNil(t, m, "no %s= in %q", name, line)
+	n, err := strconv.ParseUint(m[1], 10, 64)
+	require.NoError(t, err)
+	return n
+}
+
+// logLine returns the one log line carrying msg.
+func logLine(t *testing.T, stderr, msg string) string {
+	t.Helper()
+	var found []string
+	for line := range strings.SplitSeq(stderr, "\n") {
+		if strings.Contains(line, `msg="`+msg+`"`) {
+			found = append(found, line)
+		}
+	}
+	require.Len(t, found, 1, "lines with msg=%q in:\n%s", msg, stderr)
+	return found[0]
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// probeTimeout bounds the connect() that tells a live broker from a stale
+// socket file.
+const probeTimeout = 2 * time.Second
+
+// socketFile is the broker socket this process created. It remembers the
+// file's device and inode so that, at exit, it removes only its own file
+// and never one that somebody put in its place.
+type socketFile struct {
+	path     string
+	abstract bool // '@name': no file, nothing to chmod or remove
+	dev, ino uint64
+}
+
+// isAbstract reports whether path names a Linux abstract socket.
+func isAbstract(path string) bool { return strings.HasPrefix(path, "@") }
+
+// listen binds and listens on path and, for a socket file, applies mode
+// with chmod. An existing socket file is replaced only if nothing answers
+// on it; anything else at the path makes listen fail and stays untouched.
+// The caller owns the listener; the listener never removes the file.
+func listen(path string, mode fs.FileMode) (*net.UnixListener, *socketFile, error) {
+	addr := &net.UnixAddr{Name: path, Net: "unix"}
+	if isAbstract(path) {
+		// The kernel frees an abstract name when its last socket closes,
+		// so a name in use always belongs to a live process.
+		ln, err := net.ListenUnix("unix", addr)
+		if errors.Is(err, unix.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("another broker is listening on %s", path)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return ln, &socketFile{path: path, abstract: true}, nil
+	}
+
+	if err := clearPath(path); err != nil {
+		return nil, nil, err
+	}
+	// Bind under a tight umask: the socket file exists from bind() on, and
+	// until chmod it must not be more open than the mode asked for.
+	old := unix.Umask(0o177)
+	ln, err := net.ListenUnix("unix", addr)
+	unix.Umask(old)
+	if errors.Is(err, unix.EADDRINUSE) {
+		return nil, nil, fmt.Errorf("another process bound %s while one-socket was starting", path)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	ln.SetUnlinkOnClose(false) // removal is socketFile.remove's job
+	sf := &socketFile{path: path}
+	fail := func(err error) (*net.UnixListener, *socketFile, error) {
+		ln.Close()
+		os.Remove(path) // just bound by us: nobody else can own it yet
+		return nil, nil, err
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return fail(fmt.Errorf("applying --socket-mode: %w", err))
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fail(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	sf.dev, sf.ino = uint64(st.Dev), uint64(st.Ino)
+	return ln, sf, nil
+}
+
+// clearPath makes path free for bind: nothing there is fine, a socket
+// nobody listens on (left by a broker that died) is removed, and anything
+// else is an error. It never removes something that is not a socket.
+func clearPath(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		dir := filepath.Dir(path)
+		if _, err := os.Stat(dir); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("cannot create %s: directory %s does not exist", path, dir)
+			}
+			return fmt.Errorf("cannot create %s: %w", path, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket (%s); refusing to start and leaving it in place",
+			path, describeType(fi.Mode()))
+	}
+
+	c, err := net.DialTimeout("unix", path, probeTimeout)
+	switch {
+	case err == nil:
+		c.Close()
+		return fmt.Errorf("another broker is listening on %s", path)
+	case errors.Is(err, unix.ECONNREFUSED):
+		// Nobody listens: a broker died without cleaning up.
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing stale socket: %w", err)
+		}
+		return nil
+	case errors.Is(err, unix.ENOENT):
+		return nil // removed between Lstat and connect
+	case errors.Is(err, unix.EAGAIN):
+		// The listener's queue is full: somebody is listening, just busy.
+		return fmt.Errorf("another broker is listening on %s (its queue is full)", path)
+	default:
+		return fmt.Errorf("cannot tell whether %s is in use, leaving it in place: %w", path, err)
+	}
+}
+
+func describeType(m fs.FileMode) string {
+	switch t := m.Type(); {
+	case t == 0:
+		return "a regular file"
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case t&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case t&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "not a socket"
+}
+
+// remove deletes the socket file if it is still the one listen created.
+// It reports false, leaving the path alone, when the file is gone or has
+// been replaced. A file swapped in between the check and the unlink would
+// still be removed; only whoever can write the directory could do that.
+func (sf *socketFile) remove() (bool, error) {
+	if sf.abstract {
+		return true, nil
+	}
+	fi, err := os.Lstat(sf.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || fi.Mode().Type() != fs.ModeSocket || uint64(st.Dev) != sf.dev || uint64(st.Ino) != sf.ino {
+		return false, nil
+	}
+	if err := os.Remove(sf.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	return true, nil
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# test.sh runs every check this repository has, in order, and keeps going
+# after a failure so that one run shows everything that is wrong. It exits
+# non-zero if any check failed. CI runs exactly this script.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+passed=0
+failed=()
+
+# step NAME COMMAND...: run one check and record the outcome.
+step() {
+	local name=$1
+	shift
+	echo "==> $name: $*"
+	if "$@"; then
+		echo "--- ok: $name"
+		passed=$((passed + 1))
+	else
+		echo "--- FAILED: $name"
+		failed+=("$name")
+	fi
+}
+
+gofmt_clean() {
+	local out
+	out=$(gofmt -l .) || return 1
+	if [ -n "$out" ]; then
+		echo "these files need gofmt -w:"
+		echo "$out"
+		return 1
+	fi
+}
+
+step gofmt gofmt_clean
+step vet go vet ./...
+step staticcheck go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+step test go test -race -count=1 ./...
+# A short fuzz run of the wire decoder; a finding is saved under
+# libspbroker/testdata/fuzz and replayed by every later go test.
+step fuzz go test -run='^$' -fuzz=FuzzDecodeValidate -fuzztime=15s -fuzzminimizetime=500x ./libspbroker/
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "failed: ${failed[*]}"
+fi
+echo "checks: $passed passed, ${#failed[@]} failed"
+[ ${#failed[@]} -eq 0 ]
