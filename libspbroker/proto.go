@@ -212,8 +212,9 @@ func fdCount(r Request) int {
 
 // Validate checks m, received with nfds descriptors, against the protocol's
 // rules in the protocol's order: version, other flag bits, request, size,
-// descriptor count, expected type (when expected is not empty), and for
-// GET_PAIR the mode and key length. It returns nil or a *ProtocolError that
+// descriptor count, expected type, and for GET_PAIR the mode and key
+// length. The type check applies when expected is not nil: a non-nil empty
+// list accepts no type, as a C caller's empty array does. It returns nil or a *ProtocolError that
 // errors.Is matches against ErrVersion, ErrFlags, ... and ErrProtocol.
 func Validate(m *Message, nfds int, expected ...Request) error {
 	if v := m.Flags & VersionMask; v != ProtocolVersion {
@@ -231,7 +232,7 @@ func Validate(m *Message, nfds int, expected ...Request) error {
 	if nfds != fdCount(m.Request) {
 		return &ProtocolError{Field: "descriptors", Value: uint64(nfds), Err: ErrFDCount}
 	}
-	if len(expected) > 0 && !isExpected(m.Request, expected) {
+	if expected != nil && !isExpected(m.Request, expected) {
 		return &ProtocolError{Field: "request", Value: uint64(m.Request), Err: ErrUnexpected}
 	}
 	if m.Request == RequestGetPair {

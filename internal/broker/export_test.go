@@ -57,3 +57,10 @@ func (b *Broker) ConnFDs() (fds []int, ok bool) {
 		return nil, false
 	}
 }
+
+// SetHash replaces the waiting index's key hash until the returned function
+// restores it; engines started meanwhile use it.
+func SetHash(h func([]byte) uint64) (restore func()) {
+	testHash = h
+	return func() { testHash = nil }
+}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"hash/maphash"
 	"log/slog"
 	"os"
 	"runtime"
@@ -64,7 +65,9 @@ const (
 // conn is a client connection, stored at its descriptor's index in
 // loop.conns. Links are descriptor numbers.
 type conn struct {
-	key        string // index key (mode byte, then the key) while waiting
+	key        string // the key, while waiting
+	slot       uint64 // index slot, while waiting
+	mode       libspbroker.Mode
 	since      int64  // ns since loop start: accepted, or parked
 	gen        uint32 // bumped per accept; tags epoll events
 	state      connState
@@ -99,7 +102,7 @@ type loop struct {
 	start  time.Time
 	now    int64
 	conns  []conn
-	index  map[string]int32 // (mode, key) -> oldest waiter
+	index  map[uint64]int32 // slot of (key, mode) -> oldest waiter; see index.go
 	nconns int
 
 	reading, pending fdList
@@ -109,7 +112,7 @@ type loop struct {
 	peek     peeker
 	send     sender
 	msg      libspbroker.Message
-	keybuf   [1 + libspbroker.MaxKeyLength]byte
+	seed     maphash.Seed
 	pair     [2]int // a socketpair made but not yet handed out, or -1s
 	debug    bool
 	lastLog  int64 // last limit warning
@@ -123,7 +126,8 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 	l := &loop{
 		b: b, lfd: lfd, epfd: -1, wakeFD: -1, spareFD: -1,
 		start:   time.Now(),
-		index:   make(map[string]int32),
+		index:   make(map[uint64]int32),
+		seed:    maphash.MakeSeed(),
 		events:  make([]unix.EpollEvent, 256),
 		pair:    [2]int{-1, -1},
 		reading: fdList{noFD, noFD},
@@ -549,21 +553,17 @@ func (l *loop) poll(fd int32) {
 	c.polled = true
 }
 
-// indexKey writes (mode, key) into the scratch buffer and returns it.
-func (l *loop) indexKey(mode libspbroker.Mode, key []byte) []byte {
-	l.keybuf[0] = byte(mode)
-	return l.keybuf[:1+copy(l.keybuf[1:], key)]
-}
-
 // match pairs fd with the oldest compatible waiter, or parks it. With
 // checkHup it first makes sure fd's client is still there, at the cost of a
 // system call paid only when a waiter exists.
 func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool) {
+	h := l.hashKey(key)
+	peer := slot(h, mode.Peer())
 	for {
-		w, ok := l.index[string(l.indexKey(mode.Peer(), key))]
-		if !ok {
+		w := l.findWaiter(peer, key)
+		if w == noFD {
 			l.closePair() // left over if a waiter vanished
-			l.park(fd, mode, key)
+			l.park(fd, mode, key, slot(h, mode))
 			return
 		}
 		if checkHup {
@@ -624,23 +624,15 @@ func (l *loop) closePair() {
 	}
 }
 
-// park puts fd at the tail of its (key, mode) queue.
-func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte) {
+// park makes fd wait in index slot s.
+func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	c := &l.conns[fd]
-	c.key = string(l.indexKey(mode, key))
+	c.key = string(key)
+	c.mode = mode
+	c.slot = s
 	c.state = stWaiting
 	c.since = l.now
-	c.qnext = noFD
-	if head, ok := l.index[c.key]; ok {
-		h := &l.conns[head]
-		tail := h.qprev
-		l.conns[tail].qnext = fd
-		c.qprev = tail
-		h.qprev = fd
-	} else {
-		l.index[c.key] = fd
-		c.qprev = fd
-	}
+	l.enqueue(fd)
 	l.b.stats.waiting.Add(1)
 	if !c.polled {
 		l.push(&l.pending, onPending, fd)
@@ -650,25 +642,10 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte) {
 	}
 }
 
-// dequeue removes waiter fd from the index.
+// dequeue takes waiter fd out of the index.
 func (l *loop) dequeue(fd int32) {
 	c := &l.conns[fd]
-	head := l.index[c.key]
-	if head == fd {
-		if c.qnext == noFD {
-			delete(l.index, c.key)
-		} else {
-			l.conns[c.qnext].qprev = c.qprev
-			l.index[c.key] = c.qnext
-		}
-	} else {
-		l.conns[c.qprev].qnext = c.qnext
-		if c.qnext != noFD {
-			l.conns[c.qnext].qprev = c.qprev
-		} else {
-			l.conns[head].qprev = c.qprev
-		}
-	}
+	l.unqueue(fd)
 	c.key = ""
 	c.state = stReading // no longer waiting; closed right after
 	l.b.stats.waiting.Add(-1)

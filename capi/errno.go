@@ -1,0 +1,38 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// errInvalidArgument marks a bad argument from C: a NULL pointer, a
+// negative count or descriptor.
+var errInvalidArgument = errors.New("invalid argument")
+
+// errnoOf maps an error from the Go implementation to the errno that C
+// callers see. It is the only such mapping in the library.
+func errnoOf(err error) unix.Errno {
+	var en unix.Errno
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errInvalidArgument),
+		errors.Is(err, libspbroker.ErrInvalidKey),
+		errors.Is(err, libspbroker.ErrInvalidMode):
+		return unix.EINVAL
+	case errors.Is(err, libspbroker.ErrProtocol):
+		return unix.EPROTO
+	case errors.As(err, &en) && en != 0:
+		return en
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return unix.ETIMEDOUT
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return unix.ECONNRESET
+	}
+	return unix.EIO
+}
