@@ -10,8 +10,8 @@ import (
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
-// errInvalidArgument marks a bad argument from C: a NULL pointer, a
-// negative count or descriptor.
+// errInvalidArgument marks a bad argument from C: a NULL pointer or a
+// negative count. (A bad descriptor is the kernel's to report: EBADF.)
 var errInvalidArgument = errors.New("invalid argument")
 
 // errnoOf maps an error from the Go implementation to the errno that C

@@ -5,7 +5,6 @@ package main
 import "C"
 
 import (
-	"encoding/binary"
 	"fmt"
 	"unsafe"
 
@@ -20,19 +19,21 @@ import (
 // involved, so no allocation crosses the boundary. No export prints, and no
 // panic escapes one.
 
-// Offsets in struct sp_broker_msg beyond the wire bytes: fds[64], n_fds.
-const offNFDs = libspbroker.MessageSize + libspbroker.MaxFDs*4
-
+// spbrokerGoValidate checks the struct sp_broker_msg at msg, whose n_fds the
+// shim passes separately: the field's offset depends on the ABI's alignment
+// of uint64_t, and C knows it where Go would have to guess.
+//
 //export spbrokerGoValidate
-func spbrokerGoValidate(msg, expected unsafe.Pointer, nExpected C.int, errnum *C.int, buf *C.char, bufCap C.int) (ret C.int) {
+func spbrokerGoValidate(msg unsafe.Pointer, nfds C.int, expected unsafe.Pointer, nExpected C.int, errnum *C.int, buf *C.char, bufCap C.int) (ret C.int) {
 	defer recoverInto(&ret, errnum, buf, bufCap)
 	if msg == nil || (expected != nil && nExpected < 0) {
 		return fail(errnum, buf, bufCap, fmt.Errorf("spbroker: validate: %w: NULL message or negative count", errInvalidArgument))
 	}
-	raw := unsafe.Slice((*byte)(msg), offNFDs+4)
+	// The wire bytes: 1044 on x86-64; where the union is only 4-aligned
+	// they are 1040 and the 4 bytes read past them (fds[0]) are ignored
+	// as padding.
 	var m libspbroker.Message
-	m.Decode(raw[:libspbroker.MessageSize])
-	nfds := int(int32(binary.NativeEndian.Uint32(raw[offNFDs:])))
+	m.Decode(unsafe.Slice((*byte)(msg), libspbroker.MessageSize))
 	var want []libspbroker.Request
 	if expected != nil {
 		// A non-nil list, even an empty one, must contain the request.
@@ -41,7 +42,7 @@ func spbrokerGoValidate(msg, expected unsafe.Pointer, nExpected C.int, errnum *C
 			want = append(want, libspbroker.Request(r))
 		}
 	}
-	if err := libspbroker.Validate(&m, nfds, want...); err != nil {
+	if err := libspbroker.Validate(&m, int(nfds), want...); err != nil {
 		return fail(errnum, buf, bufCap, err)
 	}
 	return 0

@@ -119,8 +119,8 @@ sp_broker_message_validate(const struct sp_broker_msg *msg,
 {
     SPBROKER_DISPATCH(
         spbroker_c_message_validate(msg, expected, n_expected, err),
-        spbrokerGoValidate((void *) msg, (void *) expected, n_expected,
-                           GO_ERR));
+        spbrokerGoValidate((void *) msg, msg ? msg->n_fds : 0,
+                           (void *) expected, n_expected, GO_ERR));
 }
 
 int
@@ -135,12 +135,12 @@ int
 sp_broker_send_get_pair(int broker_fd, const char *key, bool server,
                         char **err)
 {
-    int mode = server ? SP_BROKER_PAIR_MODE_SERVER
-                      : SP_BROKER_PAIR_MODE_CLIENT;
+    enum sp_broker_get_pair_mode mode = server ? SP_BROKER_PAIR_MODE_SERVER
+                                               : SP_BROKER_PAIR_MODE_CLIENT;
 
     SPBROKER_DISPATCH(
         spbroker_c_send_get_pair(broker_fd, key, mode, err),
-        spbrokerGoSendGetPair(broker_fd, (char *) key, mode, GO_ERR));
+        spbrokerGoSendGetPair(broker_fd, (char *) key, (int) mode, GO_ERR));
 }
 
 int
@@ -166,12 +166,13 @@ int
 sp_broker_get_pair(const char *sock_path, const char *key, bool server,
                    char **err)
 {
-    int mode = server ? SP_BROKER_PAIR_MODE_SERVER
-                      : SP_BROKER_PAIR_MODE_CLIENT;
+    enum sp_broker_get_pair_mode mode = server ? SP_BROKER_PAIR_MODE_SERVER
+                                               : SP_BROKER_PAIR_MODE_CLIENT;
 
     SPBROKER_DISPATCH(
         spbroker_c_get_pair(sock_path, key, mode, err),
-        spbrokerGoGetPair((char *) sock_path, (char *) key, mode, GO_ERR));
+        spbrokerGoGetPair((char *) sock_path, (char *) key, (int) mode,
+                          GO_ERR));
 }
 
 int

@@ -38,9 +38,10 @@ spbroker_c_get_pair(const char *sock_path, const char *key,
                     enum sp_broker_get_pair_mode mode, char **err);
 
 /*
- * spbroker_fail - report a failure: set errno to @errnum and, when @err is
- * not NULL, store in *err a malloc'd message made from @fmt (or, if even
- * that allocation fails, NULL: there is nothing better to give).
+ * spbroker_fail - report a failure: set errno to @errnum (EIO if it is not
+ * positive), last, after the message is made; and, when @err is not NULL,
+ * store in *err a malloc'd message made from @fmt (or, if even that
+ * allocation fails, NULL: there is nothing better to give).
  * Return: -1, for 'return spbroker_fail(...)'.
  */
 SPBROKER_INTERNAL int

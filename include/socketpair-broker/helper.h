@@ -94,8 +94,9 @@ int sp_broker_message_validate(const struct sp_broker_msg *msg,
  *
  * Return: the connected socket, owned by the caller, or -1 with errno:
  * EINVAL (NULL or too long a path), ENOENT (no such path), ECONNREFUSED
- * (nobody listening, or not a socket), EACCES, or another errno from
- * socket(2)/connect(2).
+ * (nobody listening, or not a socket), EACCES, EAGAIN (@nonblock and the
+ * broker's queue of new connections is full: a Unix socket connects at
+ * once or not at all), or another errno from socket(2)/connect(2).
  */
 int sp_broker_connect(const char *sock_path, bool nonblock, char **err);
 
@@ -110,8 +111,10 @@ int sp_broker_connect(const char *sock_path, bool nonblock, char **err);
  * before anything is sent.
  *
  * Return: 0, or -1 with errno EINVAL (NULL or bad key; nothing sent), EAGAIN
- * (a nonblocking socket not yet connected; nothing sent), EPIPE or
- * ECONNRESET (the broker went away), or another errno from sendmsg(2).
+ * (a nonblocking socket with a full send buffer; nothing sent), ETIMEDOUT
+ * (the send stalled half-way for a second; close @broker_fd), EPIPE or
+ * ECONNRESET (the broker went away), EBADF or ENOTSOCK (not a socket), or
+ * another errno from sendmsg(2).
  */
 int sp_broker_send_get_pair(int broker_fd, const char *key, bool server,
                             char **err);
@@ -135,8 +138,9 @@ int sp_broker_send_get_pair_nondirectional(int broker_fd, const char *key,
  * Return: the peer socket, owned by the caller, or -1 with errno EAGAIN
  * (nonblocking, nothing yet), EPROTO (invalid message; every descriptor that
  * came with it is closed), ECONNRESET (the broker closed the connection
- * without answering), ETIMEDOUT (an answer began but did not complete),
- * EINVAL, or another errno from recvmsg(2).
+ * without answering), ETIMEDOUT (an answer began but did not complete
+ * within a second), EBADF or ENOTSOCK (not a socket), or another errno
+ * from recvmsg(2).
  */
 int sp_broker_receive_set_pair(int broker_fd, char **err);
 

@@ -65,20 +65,20 @@ const (
 // conn is a client connection, stored at its descriptor's index in
 // loop.conns. Links are descriptor numbers.
 type conn struct {
-	key        string // the key, while waiting
-	slot       uint64 // index slot, while waiting
+	key        string  // the key, while waiting
+	slot       uint64  // index slot, while waiting
+	since      int64   // ns since loop start: accepted, or parked
+	partial    *reqBuf // a request arriving in pieces, consumed so far
+	gen        uint32  // bumped per accept; tags epoll events
+	prev, next int32   // deadline list links
+	qprev      int32   // same-key queue: previous, or the tail for the head
+	qnext      int32
+	got        uint16 // bytes in partial
+	consumed   uint16 // bytes of the stream the request took, if consumed
 	mode       libspbroker.Mode
-	since      int64  // ns since loop start: accepted, or parked
-	gen        uint32 // bumped per accept; tags epoll events
 	state      connState
 	polled     bool // registered with epoll
 	list       listID
-	prev, next int32 // deadline list links
-	qprev      int32 // same-key queue: previous, or the tail for the head
-	qnext      int32
-	partial    *reqBuf // a request arriving in pieces, consumed so far
-	got        uint16  // bytes in partial
-	consumed   uint16  // bytes of the stream the request took, if consumed
 }
 
 // reqBuf holds a request that arrives in pieces: the longest message and
