@@ -51,6 +51,10 @@
  *     runtime-free build.
  *   - Only one Go c-archive can be linked into a process.  A host that
  *     links another one must use the runtime-free build.
+ *   - Descriptors: the runtime keeps a few of its own open (its poller,
+ *     and on cgroup v1 the CPU quota files), possibly opened after main()
+ *     started.  A host that closes descriptors it does not know of must
+ *     spare them, or use the runtime-free build.
  *   - The runtime-free build (meson -Dgo_runtime=false) has the same ABI,
  *     the same behaviour and no threads, constructors or signal handlers.
  *     Choose it when any point above is a problem, or when the roughly
