@@ -251,7 +251,9 @@ func TestHelp(t *testing.T) {
 	code, stdout, _ := runDaemon(t, "--help")
 	assert.Equal(t, 0, code)
 	for _, want := range []string{"Usage: one-socket", "--socket PATH", "--socket-mode MODE", "--log-level LEVEL",
-		"--handshake-timeout DURATION", "--max-conns N", "--version", "ONE_SOCKET_PATH", "XDG_RUNTIME_DIR", "GOMAXPROCS"} {
+		"--handshake-timeout DURATION", "--max-conns N", "--version", "--ctl-socket PATH", "--detach",
+		"--pidfile PATH", "--log-file PATH", "ONE_SOCKET_PATH", "ONE_SOCKET_CTL_PATH", "XDG_RUNTIME_DIR",
+		"GOMAXPROCS", "LISTEN_FDS", "NOTIFY_SOCKET", "SIGHUP"} {
 		assert.Contains(t, stdout, want)
 	}
 }

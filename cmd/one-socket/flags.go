@@ -7,31 +7,41 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/one-socket/one-socket/internal/broker"
+	"github.com/one-socket/one-socket/internal/paths"
 )
 
-// envSocketPath names the socket path when --socket is not given; the
-// original daemon reads the same variable.
-const envSocketPath = "ONE_SOCKET_PATH"
+// The variables that name the sockets when the flags do not; the original
+// daemon reads the same two. internal/paths decides the defaults, so that
+// one-socketctl finds the daemon without being told.
+const (
+	envSocketPath = paths.EnvBrokerSocket
+	envCtlPath    = paths.EnvControlSocket
+)
 
-// rootSocketPath is the default socket path for root.
-const rootSocketPath = "/run/one.socket"
+// ctlSocketMode lets only the daemon's own user (and root) connect: the
+// control socket can stop the broker and disconnect its clients.
+const ctlSocketMode fs.FileMode = 0o600
 
 // defaultSocketMode lets the owner and the owner's group connect.
 const defaultSocketMode fs.FileMode = 0o660
 
 // config is the daemon's configuration after flags are parsed. The socket
-// path is resolved separately (see socketPath) since it depends on the
-// environment.
+// paths are resolved separately (paths.BrokerSocket, ctlSocketPath) since
+// they depend on the environment.
 type config struct {
 	socket           string // --socket, empty when not given
 	socketMode       fs.FileMode
+	ctlSocket        string // --ctl-socket, meaningful when ctlSocketSet
+	ctlSocketSet     bool   // --ctl-socket was given, even as ""
 	logLevel         slog.Level
+	logFile          string
+	pidFile          string
+	detach           bool
 	handshakeTimeout time.Duration
 	maxConns         int
 	version          bool
@@ -53,9 +63,14 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set := flag.NewFlagSet("one-socket", flag.ContinueOnError)
 	set.SetOutput(stderr)
 	set.StringVar(&cfg.socket, "socket", "", "listen on `PATH`; a name starting with '@' is a Linux abstract socket\n"+
-		"(default: $"+envSocketPath+", else "+rootSocketPath+" for root,\nelse $XDG_RUNTIME_DIR/one.socket)")
+		"(default: $"+envSocketPath+", else "+paths.RootBrokerSocket+" for root,\nelse $XDG_RUNTIME_DIR/one.socket)")
 	set.Var((*modeValue)(&cfg.socketMode), "socket-mode", "set the socket file's permission bits to `MODE` (octal) after bind")
+	set.StringVar(&cfg.ctlSocket, "ctl-socket", "", "serve the control protocol (one-socketctl) on `PATH`, mode 0600;\n"+
+		"\"none\" or \"\" disables it (default: $"+envCtlPath+", else\n"+paths.ControlSocketName+" in the broker socket's directory)")
 	set.Var((*levelValue)(&cfg.logLevel), "log-level", "log at `LEVEL` and above: debug, info, warn or error;\ndebug adds a line per client event")
+	set.StringVar(&cfg.logFile, "log-file", "", "append the log to `PATH` instead of standard error;\nSIGHUP reopens it")
+	set.StringVar(&cfg.pidFile, "pidfile", "", "write the daemon's process ID to `PATH` and hold a lock on it;\na second daemon with the same PATH refuses to start")
+	set.BoolVar(&cfg.detach, "detach", false, "run in the background: return once the daemon listens, with status 0,\nor with its error and status if it cannot start")
 	set.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", cfg.handshakeTimeout,
 		"disconnect a client that has not sent its whole GET_PAIR\nwithin `DURATION` (e.g. 500ms, 5s)")
 	set.IntVar(&cfg.maxConns, "max-conns", 0, "accept at most `N` client connections at once;\n0 derives N from the descriptor limit")
@@ -78,6 +93,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 		fmt.Fprintf(stderr, "one-socket: %v\nRun 'one-socket --help' for usage.\n", err)
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
+	set.Visit(func(f *flag.Flag) {
+		if f.Name == "ctl-socket" {
+			cfg.ctlSocketSet = true
+		}
+	})
 	if set.NArg() > 0 {
 		return bad("unexpected argument %q (the socket path is given with --socket)", set.Arg(0))
 	}
@@ -116,35 +136,35 @@ Flags:
 	})
 	fmt.Fprint(w, `
 Environment:
-  ONE_SOCKET_PATH   socket path when --socket is not given
-  XDG_RUNTIME_DIR   holds the default socket for a user other than root
-  GOMAXPROCS        threads running Go code; one-socket uses 1 unless set
+  ONE_SOCKET_PATH      socket path when --socket is not given
+  ONE_SOCKET_CTL_PATH  control socket path when --ctl-socket is not given
+  XDG_RUNTIME_DIR      holds the default socket for a user other than root
+  GOMAXPROCS           threads running Go code; one-socket uses 1 unless set
+  LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID
+                       sockets passed by systemd (socket activation): the
+                       one named "broker" (or a single unnamed one) and the
+                       one named "control" replace --socket and --ctl-socket
+  NOTIFY_SOCKET        where to send readiness and status (Type=notify)
 
 SIGINT or SIGTERM stops the broker: waiting clients are disconnected and
-the socket file is removed.
+the socket files it created and the pid file are removed. SIGHUP reopens
+--log-file. See one-socket(8).
 `)
 }
 
-// socketPath decides where to listen: the --socket flag, else
-// $ONE_SOCKET_PATH, else rootSocketPath for root (euid 0), else
-// $XDG_RUNTIME_DIR/one.socket. Empty variables count as unset. getenv and
-// euid are parameters so that tests can play any user.
-func socketPath(flagValue string, getenv func(string) string, euid int) (string, error) {
-	if flagValue != "" {
-		return flagValue, nil
+// ctlSocketPath decides where the control socket goes, "" for nowhere:
+// --ctl-socket when given, else paths.ControlSocket's default beside
+// brokerPath ("" for none). "none" (and a --ctl-socket of "") disables
+// it, in the flag as in $ONE_SOCKET_CTL_PATH.
+func ctlSocketPath(cfg *config, brokerPath string, getenv func(string) string) string {
+	if cfg.ctlSocketSet && cfg.ctlSocket == "" {
+		return ""
 	}
-	if p := getenv(envSocketPath); p != "" {
-		return p, nil
+	p := paths.ControlSocket(cfg.ctlSocket, brokerPath, getenv)
+	if p == "none" {
+		return ""
 	}
-	if euid == 0 {
-		return rootSocketPath, nil
-	}
-	dir := getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		return "", fmt.Errorf("no socket path: XDG_RUNTIME_DIR is not set, so there is no default for a user other than root; "+
-			"use --socket PATH or set %s", envSocketPath)
-	}
-	return filepath.Join(dir, "one.socket"), nil
+	return p
 }
 
 // modeValue is a flag.Value for permission bits written in octal.

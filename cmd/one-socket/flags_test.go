@@ -10,49 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestSocketPath(t *testing.T) {
-	tests := []struct {
-		name    string
-		flag    string
-		env     map[string]string
-		euid    int
-		want    string
-		wantErr string
-	}{
-		{name: "flag wins over everything", flag: "/x/flag.socket",
-			env: map[string]string{envSocketPath: "/x/env.socket", "XDG_RUNTIME_DIR": "/run/user/1000"}, euid: 1000,
-			want: "/x/flag.socket"},
-		{name: "abstract name from the flag", flag: "@one", euid: 0, want: "@one"},
-		{name: "env var for root", env: map[string]string{envSocketPath: "/x/env.socket"}, euid: 0,
-			want: "/x/env.socket"},
-		{name: "env var for a user", env: map[string]string{envSocketPath: "rel/env.socket", "XDG_RUNTIME_DIR": "/run/user/1000"}, euid: 1000,
-			want: "rel/env.socket"},
-		{name: "root default ignores XDG", env: map[string]string{"XDG_RUNTIME_DIR": "/run/user/0"}, euid: 0,
-			want: "/run/one.socket"},
-		{name: "empty env var counts as unset", env: map[string]string{envSocketPath: ""}, euid: 0,
-			want: "/run/one.socket"},
-		{name: "user default in XDG_RUNTIME_DIR", env: map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}, euid: 1000,
-			want: "/run/user/1000/one.socket"},
-		{name: "user without XDG_RUNTIME_DIR", euid: 1000,
-			wantErr: "XDG_RUNTIME_DIR is not set"},
-		{name: "user with empty XDG_RUNTIME_DIR", env: map[string]string{"XDG_RUNTIME_DIR": ""}, euid: 1000,
-			wantErr: "use --socket PATH or set ONE_SOCKET_PATH"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			getenv := func(k string) string { return tt.env[k] }
-			got, err := socketPath(tt.flag, getenv, tt.euid)
-			if tt.wantErr != "" {
-				require.Error(t, err)
-				assert.Contains(t, err.Error(), tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tt.want, got)
-		})
-	}
-}
-
 func TestParseFlags(t *testing.T) {
 	cfg, err := parseFlags(nil, io.Discard, io.Discard)
 	require.NoError(t, err)
@@ -73,6 +30,44 @@ func TestParseFlags(t *testing.T) {
 		maxConns:         7,
 		version:          true,
 	}, cfg)
+
+	cfg, err = parseFlags([]string{"--ctl-socket", "", "--log-file", "/l", "--pidfile", "/p", "--detach"}, io.Discard, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, &config{
+		socketMode:       0o660,
+		ctlSocketSet:     true,
+		logLevel:         slog.LevelInfo,
+		logFile:          "/l",
+		pidFile:          "/p",
+		detach:           true,
+		handshakeTimeout: 5e9,
+	}, cfg, "an empty --ctl-socket counts as given")
+}
+
+func TestCtlSocketPath(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		args   []string
+		env    map[string]string
+		broker string
+		want   string
+	}{
+		{"beside the broker socket", nil, nil, "/run/one.socket", "/run/one-socket.ctl"},
+		{"flag", []string{"--ctl-socket", "/x.ctl"}, map[string]string{envCtlPath: "/e.ctl"}, "/run/one.socket", "/x.ctl"},
+		{"env", nil, map[string]string{envCtlPath: "/e.ctl"}, "/run/one.socket", "/e.ctl"},
+		{"flag none", []string{"--ctl-socket", "none"}, map[string]string{envCtlPath: "/e.ctl"}, "/run/one.socket", ""},
+		{"flag empty", []string{"--ctl-socket="}, map[string]string{envCtlPath: "/e.ctl"}, "/run/one.socket", ""},
+		{"env none", nil, map[string]string{envCtlPath: "none"}, "/run/one.socket", ""},
+		{"abstract broker", nil, nil, "@one", ""},
+		{"activated: only when named", nil, nil, "", ""},
+		{"activated, named", []string{"--ctl-socket", "/x.ctl"}, nil, "", "/x.ctl"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseFlags(tt.args, io.Discard, io.Discard)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, ctlSocketPath(cfg, tt.broker, func(k string) string { return tt.env[k] }))
+		})
+	}
 }
 
 func TestModeValue(t *testing.T) {

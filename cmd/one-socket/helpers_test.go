@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,12 +93,18 @@ type daemon struct {
 	done   chan struct{} // closed when the process has exited
 }
 
-// daemonEnv is the environment for the daemon: the test's own, less the
-// variables that would change where or how it runs.
+// strippedEnv lists the variables daemonEnv leaves out: they would change
+// where or how the daemon runs.
+var strippedEnv = []string{envSocketPath, envCtlPath, "GOMAXPROCS", "NOTIFY_SOCKET",
+	"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", envDetachFD}
+
+// daemonEnv is the environment for the daemon: the test's own, less
+// strippedEnv, plus extra.
 func daemonEnv(extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, envSocketPath+"=") || strings.HasPrefix(kv, "GOMAXPROCS=") {
+		name, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(strippedEnv, name) {
 			continue
 		}
 		env = append(env, kv)
@@ -322,4 +333,152 @@ func logLine(t *testing.T, stderr, msg string) string {
 	}
 	require.Len(t, found, 1, "lines with msg=%q in:\n%s", msg, stderr)
 	return found[0]
+}
+
+// waitLog waits until the daemon's stderr has a line with msg and returns
+// that line.
+func (d *daemon) waitLog(msg string) string {
+	d.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		for line := range strings.SplitSeq(d.stderr.String(), "\n") {
+			if strings.Contains(line, `msg="`+msg+`"`) {
+				return line
+			}
+		}
+		select {
+		case <-d.done:
+			d.t.Fatalf("one-socket exited (status %d) before logging %q:\n%s", d.cmd.ProcessState.ExitCode(), msg, d.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("one-socket did not log %q:\n%s", msg, d.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// requireTool returns the path of a program the test needs, and fails the
+// test, naming the Debian package to install, when it is missing.
+func requireTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed, and this test needs it: apt-get install %s (.ci/run does): %v", name, pkg, err)
+	}
+	return p
+}
+
+// activation is one socket systemd-socket-activate creates and passes.
+type activation struct {
+	path   string
+	fdname string // "" passes the socket without a name
+}
+
+// socketActivate runs the daemon under systemd-socket-activate, which
+// binds socks, passes them as LISTEN_FDS (named with --fdname when given)
+// and runs the daemon with args at the first connection. env is given to
+// the daemon (systemd-socket-activate passes on only a few variables of
+// its own). It returns once the daemon has logged its start; d.path is
+// the first socket.
+func socketActivate(t *testing.T, socks []activation, env []string, args ...string) *daemon {
+	t.Helper()
+	sa := requireTool(t, "systemd-socket-activate", "systemd")
+	var cmdline []string
+	for _, s := range socks {
+		cmdline = append(cmdline, "-l", s.path)
+		if s.fdname != "" {
+			cmdline = append(cmdline, "--fdname="+s.fdname)
+		}
+	}
+	for _, kv := range append(slices.Clone(daemonExtraEnv), env...) {
+		cmdline = append(cmdline, "-E", kv)
+	}
+	cmdline = append(cmdline, daemonBin)
+	cmdline = append(cmdline, args...)
+
+	d := &daemon{t: t, done: make(chan struct{}), path: socks[0].path}
+	d.cmd = exec.Command(sa, cmdline...)
+	d.cmd.Env = daemonEnv()
+	d.cmd.Stdout = &d.stdout
+	d.cmd.Stderr = &d.stderr
+	require.NoError(t, d.cmd.Start())
+	go func() {
+		d.cmd.Wait()
+		close(d.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("systemd-socket-activate and one-socket stderr:\n%s", d.stderr.String())
+		}
+	})
+	// systemd-socket-activate starts the daemon at the first connection;
+	// that connection waits in the queue until the daemon accepts it.
+	// It binds before it listens: a connect in between is refused, so
+	// that answer means "try again", not failure.
+	waitSocketFile(t, socks[0].path, d)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("unix", socks[0].path, 5*time.Second)
+		if err == nil {
+			c.Close()
+			return d
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			require.NoError(t, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitSocketFile waits until path exists, or d exits.
+func waitSocketFile(t *testing.T, path string, d *daemon) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := os.Lstat(path); err == nil {
+			return
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("exited (status %d) before %s appeared:\n%s", d.cmd.ProcessState.ExitCode(), path, d.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear:\n%s", path, d.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// controlRequest sends one request line on the control socket at path and
+// returns the decoded reply.
+func controlRequest(t *testing.T, path, request string) map[string]any {
+	t.Helper()
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = io.WriteString(c, request+"\n")
+	require.NoError(t, err)
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	require.NoError(t, err, "reading the reply to %s", request)
+	var reply map[string]any
+	require.NoError(t, json.Unmarshal(line, &reply), "reply %q", line)
+	return reply
+}
+
+// requireGone checks that nothing is at each path.
+func requireGone(t *testing.T, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		_, err := os.Lstat(p)
+		require.ErrorIs(t, err, fs.ErrNotExist, "%s is still there", p)
+	}
 }

@@ -18,7 +18,7 @@ import (
 // socket file.
 const probeTimeout = 2 * time.Second
 
-// socketFile is the broker socket this process created. It remembers the
+// socketFile is a socket (broker or control) this process created. It remembers the
 // file's device and inode so that, at exit, it removes only its own file
 // and never one that somebody put in its place.
 type socketFile struct {
@@ -71,7 +71,7 @@ func listen(path string, mode fs.FileMode) (*net.UnixListener, *socketFile, erro
 		return nil, nil, err
 	}
 	if err := os.Chmod(path, mode); err != nil {
-		return fail(fmt.Errorf("applying --socket-mode: %w", err))
+		return fail(fmt.Errorf("setting the socket's mode: %w", err))
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {

@@ -3,10 +3,13 @@
 // same key and compatible modes the two ends of a fresh socketpair.
 //
 // This package is the daemon's shell: flags and environment (flags.go),
-// the socket file (listen.go), process limits (runtime.go), signals and
-// logging (here). The pairing itself is internal/broker's.
+// socket files (listen.go), sockets from systemd (activation.go), readiness
+// and status for systemd (notify.go), --detach (detach.go), --pidfile
+// (pidfile.go), --log-file (logfile.go), the control socket (control.go),
+// process limits (runtime.go), and the start-up, signals and shutdown that
+// tie them together (here). The pairing itself is internal/broker's.
 //
-// See doc/one-socket.md for the operation guide.
+// See doc/one-socket.md and one-socket(8) for the operation guide.
 package main
 
 import (
@@ -15,11 +18,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/one-socket/one-socket/internal/broker"
+	"github.com/one-socket/one-socket/internal/control"
+	"github.com/one-socket/one-socket/internal/paths"
 )
 
 func main() {
@@ -27,8 +34,9 @@ func main() {
 }
 
 // run is the whole daemon; it returns the exit status: 0 after a clean
-// stop by signal (or for --help and --version), 2 for a bad command line,
-// 1 for anything that kept the broker from starting or running.
+// stop (by signal or by the control socket's stop command), for --help and
+// --version, and for --detach once the daemon listens; 2 for a bad command
+// line; 1 for anything that kept the broker from starting or running.
 func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseFlags(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -42,74 +50,211 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	// What the environment hands over is taken, and the variables unset,
+	// first of all: nothing this process starts may inherit them.
+	report, err := takeStartReport()
+	if err != nil {
+		fmt.Fprintf(stderr, "one-socket: %v\n", err)
+		return 1
+	}
+	act, actErr := takeActivated(os.Getpid())
+	notify, notifyErr := newNotifier()
+
+	if cfg.detach && report == nil {
+		if act != nil || actErr != nil {
+			act.close()
+			fmt.Fprintln(stderr, "one-socket: --detach cannot be used with socket activation: the service manager runs the daemon")
+			return 1
+		}
+		return detach(args, stderr)
+	}
+
+	d := &instance{cfg: cfg, act: act, notify: notify, report: report, level: new(slog.LevelVar)}
+	d.level.Set(cfg.logLevel)
+	return d.run(stderr, actErr, notifyErr)
+}
+
+// instance is a broker with everything the process set up around it, so
+// that the start-up can fail at any step and one place undoes what was
+// done.
+type instance struct {
+	cfg    *config
+	act    *activated   // sockets from the service manager, or nil
+	notify *notifier    // the service manager's notify socket, or nil
+	report *startReport // the pipe to a --detach parent, or nil
+	level  *slog.LevelVar
+	log    *slog.Logger
+	logf   *logFile // --log-file, or nil
+
+	pidf       *pidFile
+	b          *broker.Broker
+	brokerPath string
+	brokerSock *socketFile       // nil when activated: systemd owns the file
+	ctlPath    string            // "" without a control socket
+	ctlSock    *socketFile       // nil when activated or disabled
+	ctlLn      *net.UnixListener // the control socket until startControl
+	ctl        *control.Server
+	served     chan error // the broker's Serve result
+	ctlServed  chan error // the control server's, nil without one
+	stopReq    chan struct{}
+	started    time.Time
+}
+
+// run starts the daemon, serves until a stop, and returns the exit status.
+func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
+	cfg := d.cfg
+	pathErr := d.settlePaths()
+
+	// The log first, so that every later failure is logged where the
+	// operator asked; errors found so far are reported once it exists.
+	var logw io.Writer = stderr
+	if cfg.logFile != "" {
+		lf, err := openLogFile(cfg.logFile, d.report != nil)
+		if err != nil {
+			return d.fail(slog.New(slog.NewTextHandler(stderr, nil)), err)
+		}
+		d.logf, logw = lf, lf
+	}
+	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
+	log := d.log
+	for _, err := range []error{actErr, pathErr} {
+		if err != nil {
+			return d.fail(log, err)
+		}
+	}
+	if notifyErr != nil {
+		// The broker works without it; a manager waiting for READY=1 will
+		// say so, and this line says why.
+		log.Warn("cannot notify the service manager", "err", notifyErr)
+	}
+	if d.act != nil && d.act.broker != nil && cfg.socket != "" && cfg.socket != d.brokerPath {
+		log.Warn("--socket ignored: the service manager passed the broker socket", "socket", d.brokerPath)
+	}
+
 	setGOMAXPROCS()
 	nofile, err := raiseNoFile()
 	if err != nil {
 		log.Warn("cannot raise the descriptor limit", "limit", nofile, "err", err)
 	}
-
-	path, err := socketPath(cfg.socket, os.Getenv, os.Geteuid())
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	b, err := broker.New(&broker.Config{
+	d.b, err = broker.New(&broker.Config{
 		Logger:           log,
 		HandshakeTimeout: cfg.handshakeTimeout,
 		MaxConns:         cfg.maxConns,
 	})
 	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
+		return d.fail(log, err)
 	}
 
-	// Signals are caught before the socket exists, so that none arriving
-	// in between can kill the process and leave the file behind.
+	// Signals are caught before any file exists, so that none arriving in
+	// between can kill the process and leave a file behind. SIGHUP has a
+	// channel of its own: it stays caught after a stop begins, when
+	// SIGINT and SIGTERM no longer are.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
 
-	ln, sock, err := listen(path, cfg.socketMode)
-	if err != nil {
-		log.Error("cannot start", "socket", path, "err", err)
-		return 1
+	// The pid file before the sockets: a second daemon with the same pid
+	// file must not touch them.
+	if cfg.pidFile != "" {
+		if d.pidf, err = createPidFile(cfg.pidFile); err != nil {
+			return d.fail(log, err)
+		}
 	}
-	served := make(chan error, 1)
-	go func() { served <- b.Serve(ln) }()
-
-	startArgs := []any{"socket", path}
-	if !sock.abstract {
-		startArgs = append(startArgs, "mode", fmt.Sprintf("%04o", uint32(cfg.socketMode)))
+	// The control socket is made before the broker socket, so that once
+	// the broker socket accepts, everything does. The broker's path is
+	// checked first all the same: a second daemon is told about the broker
+	// that runs there, not about its control socket.
+	brokerActivated := d.act != nil && d.act.broker != nil
+	if !brokerActivated && !isAbstract(d.brokerPath) {
+		if err := clearPath(d.brokerPath); err != nil {
+			return d.fail(log, err, "socket", d.brokerPath)
+		}
 	}
-	startArgs = append(startArgs, "max_conns", b.MaxConns(), "nofile", nofile,
-		"handshake_timeout", cfg.handshakeTimeout, "pid", os.Getpid(), "version", versionString())
-	log.Info("one-socket started", startArgs...)
+	if d.act != nil && d.act.control != nil {
+		d.ctlLn, d.act.control = d.act.control, nil
+	} else if d.ctlPath != "" {
+		if d.ctlLn, d.ctlSock, err = listen(d.ctlPath, ctlSocketMode); err != nil {
+			return d.fail(log, fmt.Errorf("control socket: %w", err), "ctl_socket", d.ctlPath)
+		}
+	}
+	var ln *net.UnixListener
+	if brokerActivated {
+		ln, d.act.broker = d.act.broker, nil
+	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode); err != nil {
+		return d.fail(log, err, "socket", d.brokerPath)
+	}
+	d.served = make(chan error, 1)
+	go func() { d.served <- d.b.Serve(ln) }()
 
+	d.started = time.Now()
+	d.stopReq = make(chan struct{}, 1)
+	d.startControl()
+
+	d.logStarted(nofile)
+	d.report.ok()
+	d.notify.ready(d.b.Stats, func(err error) { log.Warn("cannot notify the service manager", "err", err) })
+	return d.serve(sigs, hups)
+}
+
+// settlePaths decides where the broker and control sockets are, before
+// anything is opened: a detached daemon makes every path absolute and
+// leaves its working directory.
+func (d *instance) settlePaths() error {
+	cfg := d.cfg
+	var err error
+	if d.act != nil && d.act.broker != nil {
+		d.brokerPath = listenerPath(d.act.broker)
+	} else if d.brokerPath, err = paths.BrokerSocket(cfg.socket, os.Getenv, os.Geteuid()); err != nil {
+		return err
+	}
+	switch {
+	case d.act != nil && d.act.control != nil:
+		d.ctlPath = listenerPath(d.act.control)
+	case d.act != nil:
+		// Under socket activation the sockets are the service manager's to
+		// create: a control socket it did not pass is made only when named.
+		d.ctlPath = ctlSocketPath(cfg, "", os.Getenv)
+	default:
+		d.ctlPath = ctlSocketPath(cfg, d.brokerPath, os.Getenv)
+	}
+	if d.report != nil {
+		return detachPaths(&d.brokerPath, &d.ctlPath, &cfg.pidFile, &cfg.logFile)
+	}
+	return nil
+}
+
+// serve waits for a reason to stop, stops, and returns the exit status.
+func (d *instance) serve(sigs, hups chan os.Signal) int {
+	log := d.log
 	status := 0
 	var why any
-	select {
-	case sig := <-sigs:
-		// A second signal now takes its default action, so an operator
-		// can still kill a broker whose shutdown hangs.
-		signal.Stop(sigs)
-		why = sig.String()
-		// Remove the file before closing the listener: while the listener
-		// is open no other broker can take the path for stale, so the file
-		// checked is ours; new clients then find no socket at all rather
-		// than one that refuses them.
-		removeSocket(log, sock)
-		b.Shutdown()
-		<-served
-	case err := <-served:
-		// Serve returns on its own only when the engine failed.
-		signal.Stop(sigs)
-		why = err.Error()
-		status = 1
-		log.Error("broker failed", "err", err)
-		removeSocket(log, sock)
+	for why == nil {
+		select {
+		case sig := <-sigs:
+			why = sig.String()
+		case <-d.stopReq:
+			why = "stop command"
+		case <-hups:
+			d.reopenLog()
+		case err := <-d.ctlServed:
+			// The broker goes on without its control socket.
+			d.ctlServed = nil
+			log.Warn("control socket failed", "ctl_socket", d.ctlPath, "err", err)
+		case err := <-d.served:
+			// Serve returns on its own only when the engine failed.
+			d.served = nil
+			why, status = err.Error(), 1
+			log.Error("broker failed", "err", err)
+		}
 	}
+	// A second SIGINT or SIGTERM now takes its default action, so an
+	// operator can still kill a broker whose stop hangs.
+	signal.Stop(sigs)
+	d.notify.stopping(func(err error) { log.Warn("cannot notify the service manager", "err", err) })
+	d.shutdown()
 
-	s := b.Stats()
+	s := d.b.Stats()
 	var protoErrs uint64
 	for _, n := range s.ProtocolErrors {
 		protoErrs += n
@@ -117,17 +262,118 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log.Info("one-socket stopped", "reason", why,
 		"accepted", s.Accepted, "paired", s.Paired, "refused", s.Refused,
 		"timed_out", s.TimedOut, "vanished", s.Vanished, "protocol_errors", protoErrs)
+	d.removePidFile()
 	return status
 }
 
-// removeSocket removes the socket file if it is still ours, and warns if
-// it cannot or if somebody replaced it.
-func removeSocket(log *slog.Logger, sock *socketFile) {
+// shutdown stops the broker and the control server and removes the socket
+// files this process created.
+func (d *instance) shutdown() {
+	// Remove the files before closing the listeners: while a listener is
+	// open no other broker can take its path for stale, so the file checked
+	// is ours; new clients then find no socket at all rather than one that
+	// refuses them.
+	d.removeSocket(d.brokerSock)
+	d.removeSocket(d.ctlSock)
+	d.brokerSock, d.ctlSock = nil, nil
+	d.b.Shutdown()
+	if d.served != nil {
+		<-d.served
+	}
+	if d.ctl != nil {
+		d.ctl.Close()
+		if d.ctlServed != nil {
+			<-d.ctlServed
+		}
+	}
+}
+
+// fail undoes a start-up that failed with err, reports err (to the log,
+// the --detach parent and the service manager) and returns the exit
+// status 1. args are added to the log line.
+func (d *instance) fail(log *slog.Logger, err error, args ...any) int {
+	d.log = log
+	log.Error("cannot start", append(args, "err", err)...)
+	if d.served != nil {
+		d.shutdown()
+	} else {
+		d.removeSocket(d.brokerSock)
+		d.removeSocket(d.ctlSock)
+	}
+	d.act.close()
+	if d.ctlLn != nil {
+		d.ctlLn.Close()
+	}
+	d.removePidFile()
+	d.report.fail(fmt.Errorf("cannot start: %w", err))
+	if serr := d.notify.send("STATUS=cannot start: " + err.Error()); serr != nil {
+		log.Warn("cannot notify the service manager", "err", serr)
+	}
+	return 1
+}
+
+// logStarted writes the start line.
+func (d *instance) logStarted(nofile uint64) {
+	args := []any{"socket", d.brokerPath}
+	if d.brokerSock != nil && !d.brokerSock.abstract {
+		args = append(args, "mode", fmt.Sprintf("%04o", uint32(d.cfg.socketMode)))
+	}
+	if d.ctl != nil {
+		args = append(args, "ctl_socket", d.ctlPath)
+	}
+	if d.brokerSock == nil {
+		args = append(args, "activated", true)
+	}
+	if d.pidf != nil {
+		args = append(args, "pidfile", d.pidf.path)
+	}
+	args = append(args, "max_conns", d.b.MaxConns(), "nofile", nofile,
+		"handshake_timeout", d.cfg.handshakeTimeout, "pid", os.Getpid(), "version", versionString())
+	d.log.Info("one-socket started", args...)
+}
+
+// reopenLog handles SIGHUP: it reopens --log-file, which logrotate has
+// just renamed; without --log-file there is nothing to do.
+func (d *instance) reopenLog() {
+	if d.logf == nil {
+		d.log.Debug("SIGHUP ignored: there is no --log-file to reopen")
+		return
+	}
+	if err := d.logf.Reopen(); err != nil {
+		d.log.Warn("cannot reopen the log file; still writing to the old one", "log_file", d.logf.path, "err", err)
+		return
+	}
+	d.log.Info("log file reopened", "log_file", d.logf.path)
+}
+
+// requestStop starts the same graceful stop as SIGTERM; the control
+// socket's stop command calls it. It does not wait for the stop.
+func (d *instance) requestStop() {
+	select {
+	case d.stopReq <- struct{}{}:
+	default: // a stop is already on its way
+	}
+}
+
+// removeSocket removes a socket file if it is still ours, and warns if it
+// cannot or if somebody replaced it. A nil sock does nothing.
+func (d *instance) removeSocket(sock *socketFile) {
+	if sock == nil {
+		return
+	}
 	ok, err := sock.remove()
 	switch {
 	case err != nil:
-		log.Warn("cannot remove the socket file", "socket", sock.path, "err", err)
+		d.log.Warn("cannot remove the socket file", "socket", sock.path, "err", err)
 	case !ok:
-		log.Warn("socket file was removed or replaced by someone else; leaving the path alone", "socket", sock.path)
+		d.log.Warn("socket file was removed or replaced by someone else; leaving the path alone", "socket", sock.path)
 	}
+}
+
+// removePidFile removes the pid file, if any, warning when it cannot.
+func (d *instance) removePidFile() {
+	if err := d.pidf.remove(); err != nil {
+		d.log.Warn("cannot remove the pid file", "pidfile", d.pidf.path, "err", err)
+	}
+	d.pidf = nil
 }

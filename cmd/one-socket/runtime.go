@@ -3,9 +3,10 @@ package main
 import (
 	"os"
 	"runtime"
-	"runtime/debug"
 
 	"golang.org/x/sys/unix"
+
+	buildversion "github.com/one-socket/one-socket/internal/version"
 )
 
 // version is set at link time (-ldflags "-X main.version=v1.2.3"); when it
@@ -13,25 +14,7 @@ import (
 var version string
 
 // versionString returns the version this binary reports.
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	if v == "" || v == "(devel)" {
-		v = "devel"
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += "+" + s.Value[:12]
-		}
-	}
-	return v
-}
+func versionString() string { return buildversion.String(version) }
 
 // setGOMAXPROCS runs Go code on one thread unless the operator chose
 // otherwise with the GOMAXPROCS variable. The engine is a single event

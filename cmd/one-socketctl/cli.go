@@ -1,0 +1,320 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/one-socket/one-socket/internal/control"
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// options is the parsed command line.
+type options struct {
+	ctlSocket string
+	socket    string
+	json      bool
+	timeout   time.Duration // 0: the command's default
+	hex       bool
+	mode      libspbroker.Mode
+	help      bool
+	version   bool
+
+	command string
+	args    []string // the command's arguments
+	exec    []string // pair: the command after "--", if any
+}
+
+// command describes one command for parsing and for --help.
+type command struct {
+	name     string
+	synopsis string   // arguments, for the help text
+	help     string   // one line
+	flags    []string // flags it takes beyond --help
+	min, max int      // number of arguments
+	run      func(*app, *options) int
+}
+
+// controlFlags are taken by every command that talks to the control socket.
+var controlFlags = []string{"ctl-socket", "socket", "json", "timeout"}
+
+// commands in the order --help lists them.
+var commands = []*command{
+	{name: "status", help: "show version, pid, uptime, sockets and counters",
+		flags: controlFlags, run: (*app).status},
+	{name: "list", help: "list the clients waiting for a peer",
+		flags: controlFlags, run: (*app).list},
+	{name: "drop", synopsis: "KEY", help: "disconnect every client waiting with KEY",
+		flags: append([]string{"hex"}, controlFlags...), min: 1, max: 1, run: (*app).drop},
+	{name: "log-level", synopsis: "[LEVEL]", help: "show or set the log level: debug, info, warn, error",
+		flags: controlFlags, max: 1, run: (*app).logLevel},
+	{name: "stop", help: "stop the broker gracefully",
+		flags: controlFlags, run: (*app).stop},
+	{name: "version", help: "print this tool's and the running broker's versions",
+		flags: controlFlags, run: (*app).versions},
+	{name: "pair", synopsis: "KEY [-- CMD [ARG...]]",
+		help:  "get a pair: bridge it to stdin/stdout, or to CMD as fd 3",
+		flags: []string{"socket", "timeout", "hex", "mode"}, min: 1, max: 1, run: (*app).pair},
+	{name: "help", synopsis: "[COMMAND]", help: "print this help", max: 1},
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// usageError is a command line the tool cannot use: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+// newFlagSet declares every flag; parse then checks which ones the
+// command takes.
+func newFlagSet(o *options) *flag.FlagSet {
+	set := flag.NewFlagSet("one-socketctl", flag.ContinueOnError)
+	set.SetOutput(io.Discard)
+	set.StringVar(&o.ctlSocket, "ctl-socket", "", "")
+	set.StringVar(&o.socket, "socket", "", "")
+	set.BoolVar(&o.json, "json", false, "")
+	set.Func("timeout", "", func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("want a positive duration such as 500ms, 5s or 1m")
+		}
+		o.timeout = d
+		return nil
+	})
+	set.BoolVar(&o.hex, "hex", false, "")
+	set.Func("mode", "", func(s string) error {
+		switch s {
+		case "none":
+			o.mode = libspbroker.ModeNone
+		case "client":
+			o.mode = libspbroker.ModeClient
+		case "server":
+			o.mode = libspbroker.ModeServer
+		default:
+			return fmt.Errorf("want none, client or server")
+		}
+		return nil
+	})
+	set.BoolVar(&o.help, "help", false, "")
+	set.BoolVar(&o.help, "h", false, "")
+	set.BoolVar(&o.version, "version", false, "")
+	return set
+}
+
+// parse reads the command line (without the program name). Flags may come
+// before or after the command. "--" ends the flags; for pair, what follows
+// it is the command to run.
+func parse(args []string) (*options, error) {
+	o := &options{}
+	set := newFlagSet(o)
+	pos, rest, dashdash, err := parseFlags(set, args)
+	if err != nil {
+		return nil, err
+	}
+	if o.help || o.version {
+		return o, nil
+	}
+	if len(pos) == 0 {
+		pos, rest, dashdash = rest, nil, false
+	}
+	if len(pos) == 0 {
+		return nil, usagef("no command given")
+	}
+	o.command = pos[0]
+	cmd := lookup(o.command)
+	if cmd == nil {
+		return nil, usagef("unknown command %q", o.command)
+	}
+	if cmd.name == "pair" {
+		o.args = pos[1:]
+		if dashdash {
+			if len(rest) == 0 {
+				return nil, usagef("pair: no command after --")
+			}
+			o.exec = rest
+		}
+	} else {
+		o.args = append(pos[1:], rest...)
+	}
+
+	var bad error
+	set.Visit(func(f *flag.Flag) {
+		if bad == nil && f.Name != "help" && f.Name != "h" && f.Name != "version" && !takes(cmd, f.Name) {
+			bad = usagef("%s does not take --%s", cmd.name, f.Name)
+		}
+	})
+	switch {
+	case bad != nil:
+		return nil, bad
+	case len(o.args) < cmd.min:
+		return nil, usagef("%s needs %s", cmd.name, strings.Fields(cmd.synopsis)[0])
+	case len(o.args) > cmd.max:
+		return nil, usagef("%s: unexpected argument %q", cmd.name, o.args[cmd.max])
+	}
+	return o, nil
+}
+
+func takes(c *command, flagName string) bool {
+	for _, f := range c.flags {
+		if f == flagName {
+			return true
+		}
+	}
+	return false
+}
+
+// parseFlags sets the flags found anywhere in args and returns the other
+// arguments: those before a "--", and those after it.
+func parseFlags(set *flag.FlagSet, args []string) (pos, rest []string, dashdash bool, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return pos, args[i+1:], true, nil
+		}
+		if len(a) < 2 || a[0] != '-' {
+			pos = append(pos, a)
+			continue
+		}
+		name := strings.TrimPrefix(a[1:], "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		f := set.Lookup(name)
+		if f == nil || name == "" || strings.HasPrefix(name, "-") {
+			return nil, nil, false, usagef("unknown flag %s", a)
+		}
+		if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+			if !hasValue {
+				value = "true"
+			}
+		} else if !hasValue {
+			if i+1 == len(args) {
+				return nil, nil, false, usagef("flag --%s needs a value", name)
+			}
+			i++
+			value = args[i]
+		}
+		if err := set.Set(name, value); err != nil {
+			return nil, nil, false, usagef("invalid value %q for --%s: %v", value, name, err)
+		}
+	}
+	return pos, nil, false, nil
+}
+
+// key returns the KEY argument as bytes: as written, or decoded from
+// hexadecimal (with or without a 0x prefix) under --hex.
+func (o *options) key() ([]byte, error) {
+	s := o.args[0]
+	k := []byte(s)
+	if o.hex {
+		var err error
+		digits := strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X")
+		if k, err = hex.DecodeString(digits); err != nil {
+			return nil, usagef("%s: KEY %q is not hexadecimal: %v", o.command, s, err)
+		}
+	}
+	if err := libspbroker.CheckKey(k); err != nil {
+		return nil, usagef("%s: KEY must be 1 to 1024 bytes, not %d", o.command, len(k))
+	}
+	return k, nil
+}
+
+// level returns the LEVEL argument of log-level, "" when absent.
+func (o *options) level() (string, error) {
+	if len(o.args) == 0 {
+		return "", nil
+	}
+	if _, err := control.ParseLevel(o.args[0]); err != nil {
+		return "", usagef("log-level: %v", err)
+	}
+	return o.args[0], nil
+}
+
+// run is the whole tool; it returns the exit status.
+func (a *app) run(args []string) int {
+	o, err := parse(args)
+	if err == nil && o.command != "" {
+		err = o.check()
+	}
+	var ue *usageError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintf(a.stderr, "one-socketctl: %v\nRun 'one-socketctl --help' for usage.\n", err)
+		return exitUsage
+	case err != nil:
+		fmt.Fprintf(a.stderr, "one-socketctl: %v\n", err)
+		return exitFailure
+	case o.help || o.command == "help":
+		a.usage()
+		return exitOK
+	case o.version:
+		fmt.Fprintf(a.stdout, "one-socketctl %s\n", versionString())
+		return exitOK
+	}
+	return lookup(o.command).run(a, o)
+}
+
+// check validates the arguments of the command, before anything is sent.
+func (o *options) check() error {
+	switch o.command {
+	case "drop", "pair":
+		_, err := o.key()
+		return err
+	case "log-level":
+		_, err := o.level()
+		return err
+	}
+	return nil
+}
+
+func (a *app) usage() {
+	fmt.Fprint(a.stdout, `Usage: one-socketctl [flags] COMMAND [ARG...]
+
+one-socketctl controls a running one-socket (SocketPair Broker) through its
+control socket, and gets pairs from the broker for the shell.
+
+Commands:
+`)
+	for _, c := range commands {
+		head := strings.TrimSpace(c.name + " " + c.synopsis)
+		if len(head) > 18 {
+			fmt.Fprintf(a.stdout, "  %s\n  %-18s  %s\n", head, "", c.help)
+		} else {
+			fmt.Fprintf(a.stdout, "  %-18s  %s\n", head, c.help)
+		}
+	}
+	fmt.Fprint(a.stdout, `
+Flags (before or after the command):
+  --ctl-socket PATH   the control socket (default: $ONE_SOCKET_CTL_PATH, else
+                      one-socket.ctl in the broker socket's directory)
+  --socket PATH       the broker socket (default: $ONE_SOCKET_PATH, else
+                      /run/one.socket for root, else
+                      $XDG_RUNTIME_DIR/one.socket)
+  --json              print the broker's answer as JSON
+  --timeout D         give up after D (e.g. 500ms, 5s): a control command's
+                      answer (default 5s), or pair's peer (default: never)
+  --hex               drop, pair: KEY is hexadecimal (0x optional)
+  --mode MODE         pair: none (the default), client or server
+  --version           print one-socketctl's version and exit
+  -h, --help          print this help and exit
+
+pair bridges the paired socket to standard input and output: on end of
+input it shuts down its sending side and keeps printing what the peer sends
+until the peer closes. With "-- CMD [ARG...]" it runs CMD instead, with the
+socket as descriptor 3 and LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES set as
+systemd does, and exits with CMD's status.
+
+Exit status: 0 on success, 1 on failure, 2 for a bad command line.
+`)
+}

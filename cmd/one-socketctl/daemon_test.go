@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/one-socket/one-socket/internal/control"
+)
+
+// daemonVersion is linked into the daemon under test.
+const daemonVersion = "v0.0.0-daemon-for-ctl"
+
+var (
+	daemonOnce sync.Once
+	daemonBin  string
+	daemonErr  error
+)
+
+// buildDaemon builds cmd/one-socket once, for the tests that need it.
+func buildDaemon(t *testing.T) string {
+	t.Helper()
+	daemonOnce.Do(func() {
+		bin := filepath.Join(binDir, "one-socket")
+		out, err := exec.Command("go", "build", "-ldflags=-X main.version="+daemonVersion, "-o", bin, "../one-socket").CombinedOutput()
+		if err != nil {
+			daemonErr = err
+			t.Logf("go build ../one-socket:\n%s", out)
+			return
+		}
+		daemonBin = bin
+	})
+	require.NoError(t, daemonErr, "building the daemon")
+	return daemonBin
+}
+
+// TestIntegrationDaemon runs every command against the real daemon, with
+// its control socket where both find it by default: beside the broker
+// socket.
+func TestIntegrationDaemon(t *testing.T) {
+	bin := buildDaemon(t)
+	dir := shortTempDir(t)
+	sock := filepath.Join(dir, "one.socket")
+	ctlPath := filepath.Join(dir, "one-socket.ctl")
+	daemon := exec.Command(bin, "--socket", sock)
+	daemon.Env = testEnv()
+	var logs lockedBuffer
+	daemon.Stderr = &logs
+	require.NoError(t, daemon.Start())
+	exited := make(chan struct{})
+	go func() {
+		daemon.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			daemon.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("one-socket's log:\n%s", logs.String())
+		}
+	})
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := control.Call(ctx, ctlPath, control.Request{Command: "status"})
+		return err == nil
+	}, waitFor, 10*time.Millisecond, "the daemon's control socket never answered")
+
+	env := testEnv("ONE_SOCKET_PATH=" + sock)
+	r := run(t, env, "", "status", "--json")
+	require.Equal(t, 0, r.code, r.stderr)
+	var st control.Status
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
+	assert.Equal(t, daemonVersion, st.Version)
+	assert.Equal(t, daemon.Process.Pid, st.PID)
+	assert.Equal(t, sock, st.Socket)
+	assert.Equal(t, ctlPath, st.ControlSocket)
+	assert.Equal(t, result{stdout: "one-socketctl " + testVersion + "\none-socket " + daemonVersion + "\n"}, run(t, env, "", "version"))
+	assert.Equal(t, result{stdout: "debug\n"}, run(t, env, "", "log-level", "debug"))
+
+	a := start(t, env, strings.NewReader("from a\n"), "pair", "daemon-key", "--mode", "server")
+	require.Eventually(t, func() bool {
+		return strings.Contains(run(t, env, "", "list").stdout, "daemon-key")
+	}, waitFor, 10*time.Millisecond)
+	r = run(t, env, "", "list")
+	assert.Regexp(t, `\ndaemon-key +server +`, r.stdout)
+	b := run(t, env, "from b\n", "pair", "daemon-key", "--mode", "client")
+	assert.Equal(t, result{stdout: "from a\n"}, b)
+	assert.Equal(t, 0, a.wait(), a.stderr.String())
+	assert.Equal(t, "from b\n", a.stdout.String())
+
+	assert.Equal(t, result{stdout: "one-socket is stopping\n"}, run(t, env, "", "stop"))
+	select {
+	case <-exited:
+		assert.Equal(t, 0, daemon.ProcessState.ExitCode())
+	case <-time.After(waitFor):
+		t.Fatal("the daemon did not stop")
+	}
+	assert.Contains(t, logs.String(), "control: stop requested")
+	r = run(t, env, "", "status")
+	assert.Equal(t, result{stderr: "one-socketctl: no control socket at " + ctlPath + ": is one-socket running?\n", code: 1}, r)
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Running a command with the pair as descriptor 3, as systemd's socket
+// activation would (sd_listen_fds(3)), needs LISTEN_PID to be the
+// command's own pid, which exists only after the fork and must be in the
+// environment given to execve. Go cannot run code in the child between
+// the two (syscall.ForkExec takes the environment before forking), and
+// one-socketctl cannot exec the command itself: it would first have to put
+// the socket on descriptor 3 with dup2, and in a Go program descriptor 3
+// is typically the runtime's own (Go 1.25 and later keep the cgroup CPU
+// limit files open from start-up and re-read them every second).
+//
+// So one-socketctl starts itself again as a shim ("one-socketctl
+// __exec-with-pid PATH ARG0 ARG...") through os/exec, which places the
+// socket on descriptor 3 in the child before the shim runs. The shim, a
+// fresh process whose descriptor 3 is the socket from its first
+// instruction, sets LISTEN_PID to its own pid and execs the command, which
+// keeps that pid. The parent waits and exits with the command's status.
+
+// shimCommand is the hidden first argument that makes one-socketctl the
+// shim.
+const shimCommand = "__exec-with-pid"
+
+// listenFD is where the command finds the socket (SD_LISTEN_FDS_START).
+const listenFD = 3
+
+// Exit statuses of the command-running path, as shells use them.
+const (
+	exitNotFound  = 127 // the command does not exist
+	exitCannotRun = 126 // it exists but cannot be run
+)
+
+// selfExe names this program's executable; it works even if the file was
+// replaced or removed since it started.
+const selfExe = "/proc/self/exe"
+
+// runWithPair runs the command argv (argv[0] found at path) with f as
+// descriptor 3 and the LISTEN_ variables set, waits for it and returns its
+// exit status, or 128 plus the signal that killed it. It owns and closes
+// f. SIGTERM and SIGHUP sent to one-socketctl are passed on to the
+// command; SIGINT and SIGQUIT, which a terminal sends to the command as
+// well, are not.
+func (a *app) runWithPair(f *os.File, key []byte, path string, argv []string) int {
+	cmd := &exec.Cmd{
+		Path:       selfExe,
+		Args:       append([]string{"one-socketctl", shimCommand, path}, argv...),
+		Env:        listenEnv(os.Environ(), fdName(key)),
+		Stdin:      a.stdin,
+		Stdout:     a.stdout,
+		Stderr:     a.stderr,
+		ExtraFiles: []*os.File{f}, // descriptor 3 in the child
+	}
+	// Caught rather than ignored, so that the command starts with the
+	// default dispositions (exec resets caught signals, not ignored ones).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	err := cmd.Start()
+	f.Close()
+	if err != nil {
+		a.errorf("pair: cannot start %s: %v", argv[0], err)
+		return exitCannotRun
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGTERM || s == syscall.SIGHUP {
+					cmd.Process.Signal(s)
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	a.errorf("pair: %s: %v", argv[0], err)
+	return exitFailure
+}
+
+// listenEnv returns env with the LISTEN_ variables of one descriptor named
+// name, less any LISTEN_ variables it had; the shim adds LISTEN_PID.
+func listenEnv(env []string, name string) []string {
+	out := withoutListenVars(env)
+	return append(out, "LISTEN_FDS=1", "LISTEN_FDNAMES="+name)
+}
+
+func withoutListenVars(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		switch k, _, _ := strings.Cut(kv, "="); k {
+		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// fdName returns the LISTEN_FDNAMES entry for key: the key itself if
+// systemd would accept it as a name (at most 255 printable ASCII
+// characters, no ':'), else "spbroker".
+func fdName(key []byte) string {
+	if len(key) == 0 || len(key) > 255 {
+		return "spbroker"
+	}
+	for _, c := range key {
+		if c < ' ' || c > '~' || c == ':' {
+			return "spbroker"
+		}
+	}
+	return string(key)
+}
+
+// execWithPID is the shim: args are the command's path, then its argv. It
+// returns only if the exec fails.
+func execWithPID(args []string, stderr io.Writer) int {
+	if len(args) < 2 {
+		fmt.Fprintf(stderr, "one-socketctl: %s is for one-socketctl's own use\n", shimCommand)
+		return exitUsage
+	}
+	path, argv := args[0], args[1:]
+	if _, err := unix.FcntlInt(listenFD, unix.F_GETFD, 0); err != nil {
+		fmt.Fprintf(stderr, "one-socketctl: %s: descriptor %d is not open\n", shimCommand, listenFD)
+		return exitCannotRun
+	}
+	// The parent set LISTEN_FDS and LISTEN_FDNAMES; only the pid is new.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LISTEN_PID=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	err := syscall.Exec(path, argv, env)
+	fmt.Fprintf(stderr, "one-socketctl: %s: %v\n", argv[0], err)
+	if errors.Is(err, syscall.ENOENT) {
+		return exitNotFound
+	}
+	return exitCannotRun
+}

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/control"
+	"github.com/one-socket/one-socket/internal/paths"
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// pair gets a pair from the broker, then bridges it to stdin and stdout or
+// hands it to a command.
+func (a *app) pair(o *options) int {
+	key, _ := o.key() // checked by parse
+	path, err := paths.BrokerSocket(o.socket, a.getenv, a.euid)
+	if err != nil {
+		a.errorf("%v", err)
+		return exitFailure
+	}
+	var cmdPath string
+	if o.exec != nil {
+		// Found before pairing, so that a typing mistake costs no peer.
+		if cmdPath, err = exec.LookPath(o.exec[0]); err != nil {
+			a.errorf("pair: %v", err)
+			return exitNotFound
+		}
+	}
+
+	// SIGINT and SIGTERM end the wait; once paired they have their
+	// default effect again.
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx := sigCtx
+	if o.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(sigCtx, o.timeout)
+		defer cancel()
+	}
+	f, err := libspbroker.GetPair(ctx, path, key, o.mode)
+	interrupted := sigCtx.Err() != nil
+	stopSignals()
+	if err != nil {
+		a.errorf("%s", describePairError(err, path, key, o, interrupted))
+		return exitFailure
+	}
+	if o.exec != nil {
+		return a.runWithPair(f, key, cmdPath, o.exec)
+	}
+	return a.bridge(f)
+}
+
+// describePairError says in words why no pair came.
+func describePairError(err error, path string, key []byte, o *options, interrupted bool) string {
+	switch {
+	case interrupted:
+		return fmt.Sprintf("interrupted while waiting for a peer for key %s", keyForMessage(key))
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("no peer for key %s (mode %v) within %v", keyForMessage(key), o.mode, o.timeout)
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("no broker socket at %s: is one-socket running?", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("nobody answers on %s", path)
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Sprintf("no permission to connect to %s", path)
+	case errors.Is(err, syscall.ECONNRESET):
+		return fmt.Sprintf("the broker closed the connection without a pair (it stopped, or the request was dropped): %v", err)
+	}
+	return err.Error()
+}
+
+// keyForMessage quotes a printable key, and writes any other in hex.
+func keyForMessage(key []byte) string {
+	if t := control.KeyText(key); t != "" {
+		return fmt.Sprintf("%q", t)
+	}
+	return fmt.Sprintf("0x%x", key)
+}
+
+// bridge copies stdin to the socket and the socket to stdout, netcat
+// style: at the end of stdin it shuts down the socket's sending side and
+// goes on reading. It returns once the peer has finished sending and
+// either stdin is all sent or the peer has closed its socket (so that
+// nobody reads any more). It owns and closes f.
+//
+// Returning at the peer's end of data alone would lose data: a peer that
+// half-closes after sending (as bridge does itself) is still reading, and
+// stdin's data may not have gone out yet.
+func (a *app) bridge(f *os.File) int {
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		a.errorf("pair: %v", err)
+		return exitFailure
+	}
+	conn := nc.(*net.UnixConn)
+	defer conn.Close()
+	gone, err := watchHangUp(conn)
+	if err != nil {
+		a.errorf("pair: %v", err)
+		return exitFailure
+	}
+
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(conn, a.stdin)
+		conn.CloseWrite()
+		sent <- err
+	}()
+	if _, err := io.Copy(a.stdout, conn); err != nil {
+		a.errorf("pair: receiving: %v", err)
+		return exitFailure
+	}
+	select {
+	case err := <-sent:
+		// A send that failed only because the peer had gone is no error:
+		// the peer chose to stop reading.
+		if err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+			a.errorf("pair: sending: %v", err)
+			return exitFailure
+		}
+	case <-gone:
+	}
+	return exitOK
+}
+
+// watchHangUp returns a channel closed once conn's peer has closed its
+// socket (or both directions are shut down): poll(2) with no events
+// requested reports only that, and errors.
+func watchHangUp(conn *net.UnixConn) (<-chan struct{}, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl", derr)
+	}
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		defer unix.Close(fd)
+		pfd := []unix.PollFd{{Fd: int32(fd)}}
+		for {
+			if _, err := unix.Poll(pfd, -1); err != unix.EINTR {
+				return
+			}
+		}
+	}()
+	return gone, nil
+}
