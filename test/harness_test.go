@@ -1,7 +1,6 @@
 package ctest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/one-socket/one-socket/internal/testutil"
 )
 
 // The harness builds everything once, on first use, into one temporary
@@ -313,24 +314,6 @@ func runnerBin(t *testing.T) string {
 	})
 }
 
-// lockedBuffer collects output that a process writes while a test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // tempDir returns a new empty directory with a short absolute path (for
 // socket paths), removed when t ends.
 func tempDir(t *testing.T) string {
@@ -345,7 +328,7 @@ func tempDir(t *testing.T) string {
 type broker struct {
 	path   string
 	cmd    *exec.Cmd
-	stderr lockedBuffer
+	stderr testutil.LockedBuffer
 	done   chan struct{}
 }
 
@@ -440,7 +423,7 @@ func runWith(runner string, timeout time.Duration, env []string, argv ...string)
 		return result{}, err
 	}
 	defer r.Close()
-	var out lockedBuffer
+	var out testutil.LockedBuffer
 	// A backstop in case the runner itself hangs.
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
 	defer cancel()

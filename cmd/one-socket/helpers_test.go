@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -64,32 +63,13 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// lockedBuffer collects a process's output; the test reads it while the
-// process writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // daemon is a one-socket process under test.
 type daemon struct {
 	t      *testing.T
 	path   string // the socket it listens on
 	cmd    *exec.Cmd
-	stdout lockedBuffer
-	stderr lockedBuffer
+	stdout testutil.LockedBuffer
+	stderr testutil.LockedBuffer
 	done   chan struct{} // closed when the process has exited
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -47,7 +48,7 @@ func startRawClient(ctx context.Context, bin, path, key, mode, line string) <-ch
 	done := make(chan rawResult, 1)
 	go func() {
 		cmd := exec.CommandContext(ctx, bin, path, key, mode, line)
-		var stderr lockedBuffer
+		var stderr testutil.LockedBuffer
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		if err != nil {

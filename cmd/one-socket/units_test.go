@@ -70,7 +70,13 @@ func TestSystemdUnits(t *testing.T) {
 // warning.
 func TestManPage(t *testing.T) {
 	groff := requireTool(t, "groff", "groff-base")
-	out, err := exec.Command(groff, "-man", "-ww", "-z", "../../doc/one-socket.8").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Empty(t, string(out))
+	// Every manual the project installs, rendered as man(1) would, with
+	// every warning turned on: any output is a defect.
+	for _, page := range []string{"one-socket.8", "one-socketctl.8", "libspbroker.3"} {
+		t.Run(page, func(t *testing.T) {
+			out, err := exec.Command(groff, "-man", "-ww", "-z", filepath.Join("..", "..", "doc", page)).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Empty(t, string(out))
+		})
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/one-socket/one-socket/internal/control"
+	"github.com/one-socket/one-socket/internal/testutil"
 )
 
 // daemonVersion is linked into the daemon under test.
@@ -52,7 +53,7 @@ func TestIntegrationDaemon(t *testing.T) {
 	ctlPath := filepath.Join(dir, "one-socket.ctl")
 	daemon := exec.Command(bin, "--socket", sock)
 	daemon.Env = testEnv()
-	var logs lockedBuffer
+	var logs testutil.LockedBuffer
 	daemon.Stderr = &logs
 	require.NoError(t, daemon.Start())
 	exited := make(chan struct{})

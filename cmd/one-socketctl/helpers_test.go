@@ -24,6 +24,7 @@ import (
 
 	"github.com/one-socket/one-socket/internal/broker"
 	"github.com/one-socket/one-socket/internal/control"
+	"github.com/one-socket/one-socket/internal/testutil"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -156,31 +157,13 @@ func testEnv(extra ...string) []string {
 	return append(env, extra...)
 }
 
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // proc is a one-socketctl process.
 type proc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser // nil unless started with pipeStdin
-	stdout lockedBuffer
-	stderr lockedBuffer
+	stdout testutil.LockedBuffer
+	stderr testutil.LockedBuffer
 	done   chan struct{}
 }
 
