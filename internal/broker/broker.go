@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,19 @@ type Config struct {
 	// Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 
+	// MaxWaitingPerUID caps the clients one user (by SO_PEERCRED uid) may
+	// have waiting at once, so that no user can fill the broker; a request
+	// past it is refused at once. Zero means no cap.
+	MaxWaitingPerUID int
+
+	// MaxWait bounds how long a client may wait for its peer; past it the
+	// client is disconnected. Zero means no bound.
+	MaxWait time.Duration
+
+	// Authorizer decides who may ask for which keys; nil allows all. It can
+	// be replaced at run time with SetAuthorizer.
+	Authorizer Authorizer
+
 	// MaxConns caps open client connections (handshaking plus waiting).
 	// Past it, new connections are accepted and closed at once. Zero means
 	// the soft RLIMIT_NOFILE minus the descriptors already open and a small
@@ -55,6 +69,9 @@ type Broker struct {
 	log       *slog.Logger
 	handshake time.Duration
 	maxConns  int
+	maxPerUID int
+	maxWait   time.Duration
+	auth      atomic.Pointer[Authorizer]
 
 	stats counters
 
@@ -75,6 +92,8 @@ func New(cfg *Config) (*Broker, error) {
 		log:       cfg.Logger,
 		handshake: cfg.HandshakeTimeout,
 		maxConns:  cfg.MaxConns,
+		maxPerUID: cfg.MaxWaitingPerUID,
+		maxWait:   cfg.MaxWait,
 		wakeFD:    -1,
 		done:      make(chan struct{}),
 	}
@@ -84,9 +103,10 @@ func New(cfg *Config) (*Broker, error) {
 	if b.handshake <= 0 {
 		b.handshake = DefaultHandshakeTimeout
 	}
-	if b.maxConns < 0 {
-		return nil, fmt.Errorf("broker: negative MaxConns %d", b.maxConns)
+	if b.maxConns < 0 || b.maxPerUID < 0 || b.maxWait < 0 {
+		return nil, fmt.Errorf("broker: negative limit in %+v", *cfg)
 	}
+	b.SetAuthorizer(cfg.Authorizer)
 	if b.maxConns == 0 {
 		n, err := DefaultMaxConns()
 		if err != nil {

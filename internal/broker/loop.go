@@ -70,8 +70,11 @@ type conn struct {
 	since      int64   // ns since loop start: accepted, or parked
 	partial    *reqBuf // a request arriving in pieces, consumed so far
 	gen        uint32  // bumped per accept; tags epoll events
-	prev, next int32   // deadline list links
-	qprev      int32   // same-key queue: previous, or the tail for the head
+	uid        uint32  // peer's uid, read only when a policy or quota needs it
+	wprev      int32   // max-wait list links, while waiting with MaxWait set
+	wnext      int32
+	prev, next int32 // deadline list links
+	qprev      int32 // same-key queue: previous, or the tail for the head
 	qnext      int32
 	got        uint16 // bytes in partial
 	consumed   uint16 // bytes of the stream the request took, if consumed
@@ -106,6 +109,8 @@ type loop struct {
 	nconns int
 
 	reading, pending fdList
+	waiting          fdList         // parked clients in park order, when MaxWait is set
+	perUID           map[uint32]int // waiting clients per uid, when MaxWaitingPerUID is set
 
 	events   []unix.EpollEvent
 	ev       unix.EpollEvent
@@ -132,6 +137,8 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 		pair:    [2]int{-1, -1},
 		reading: fdList{noFD, noFD},
 		pending: fdList{noFD, noFD},
+		waiting: fdList{noFD, noFD},
+		perUID:  make(map[uint32]int),
 	}
 	l.peek.init()
 	l.send.init()
@@ -238,6 +245,12 @@ func (l *loop) timeout() int {
 	}
 	if l.reading.head != noFD {
 		d := l.conns[l.reading.head].since + int64(l.b.handshake)
+		if next < 0 || d < next {
+			next = d
+		}
+	}
+	if l.b.maxWait > 0 && l.waiting.head != noFD {
+		d := l.conns[l.waiting.head].since + int64(l.b.maxWait)
 		if next < 0 || d < next {
 			next = d
 		}
@@ -440,6 +453,9 @@ func (l *loop) readRequest(fd int32, rdhup, gone bool) {
 	}
 	// A client that came through epoll would have reported a hang-up in
 	// its event; one taken at accept time is asked in match.
+	if !l.admit(fd, l.msg.Mode, l.msg.PairKey()) {
+		return
+	}
 	l.match(fd, l.msg.Mode, l.msg.PairKey(), !c.polled)
 }
 
@@ -563,6 +579,13 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 		w := l.findWaiter(peer, key)
 		if w == noFD {
 			l.closePair() // left over if a waiter vanished
+			if l.overQuota(fd) {
+				l.b.stats.overQuota.Add(1)
+				l.b.log.Warn("request refused: the user has too many clients waiting",
+					"uid", l.conns[fd].uid, "limit", l.b.maxPerUID)
+				l.drop(fd)
+				return
+			}
 			l.park(fd, mode, key, slot(h, mode))
 			return
 		}
@@ -634,6 +657,12 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	c.since = l.now
 	l.enqueue(fd)
 	l.b.stats.waiting.Add(1)
+	if l.b.maxPerUID > 0 {
+		l.perUID[c.uid]++
+	}
+	if l.b.maxWait > 0 {
+		l.pushWaiting(fd)
+	}
 	if !c.polled {
 		l.push(&l.pending, onPending, fd)
 	}
@@ -646,6 +675,14 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 func (l *loop) dequeue(fd int32) {
 	c := &l.conns[fd]
 	l.unqueue(fd)
+	if l.b.maxPerUID > 0 {
+		if l.perUID[c.uid]--; l.perUID[c.uid] <= 0 {
+			delete(l.perUID, c.uid)
+		}
+	}
+	if l.b.maxWait > 0 {
+		l.unlistWaiting(fd)
+	}
 	c.key = ""
 	c.state = stReading // no longer waiting; closed right after
 	l.b.stats.waiting.Add(-1)
@@ -693,6 +730,17 @@ func (l *loop) expire() {
 		}
 		l.drop(fd)
 	}
+	for l.b.maxWait > 0 && l.waiting.head != noFD {
+		fd := l.waiting.head
+		if l.conns[fd].since+int64(l.b.maxWait) > l.now {
+			break
+		}
+		l.b.stats.expired.Add(1)
+		if l.debug {
+			l.b.log.Debug("waited too long; disconnecting", "fd", fd)
+		}
+		l.drop(fd)
+	}
 	for l.pending.head != noFD {
 		fd := l.pending.head
 		if l.conns[fd].since+int64(pollDelay) > l.now {
@@ -706,6 +754,36 @@ func (l *loop) expire() {
 			l.pausedAt = 0
 		}
 	}
+}
+
+// pushWaiting appends fd to the max-wait list, threaded through
+// wprev/wnext so that a waiter can be on it and on the pending list.
+func (l *loop) pushWaiting(fd int32) {
+	c := &l.conns[fd]
+	c.wnext = noFD
+	c.wprev = l.waiting.tail
+	if l.waiting.tail != noFD {
+		l.conns[l.waiting.tail].wnext = fd
+	} else {
+		l.waiting.head = fd
+	}
+	l.waiting.tail = fd
+}
+
+// unlistWaiting removes fd from the max-wait list.
+func (l *loop) unlistWaiting(fd int32) {
+	c := &l.conns[fd]
+	if c.wprev != noFD {
+		l.conns[c.wprev].wnext = c.wnext
+	} else {
+		l.waiting.head = c.wnext
+	}
+	if c.wnext != noFD {
+		l.conns[c.wnext].wprev = c.wprev
+	} else {
+		l.waiting.tail = c.wprev
+	}
+	c.wprev, c.wnext = noFD, noFD
 }
 
 // push appends fd to list lst.

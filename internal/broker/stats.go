@@ -55,13 +55,16 @@ func kindOf(err error) ProtocolErrorKind {
 
 // Stats is a snapshot of a Broker's counters.
 type Stats struct {
-	Accepted uint64 // connections accepted (refused ones included)
-	Paired   uint64 // pairs handed out (two clients each)
-	Refused  uint64 // connections closed at once for lack of room
-	TimedOut uint64 // clients that did not send a whole GET_PAIR in time
-	Vanished uint64 // waiting clients that hung up before being paired
-	Waiting  int    // clients waiting for a peer now
-	Conns    int    // open client connections now (handshaking and waiting)
+	Accepted  uint64 // connections accepted (refused ones included)
+	Paired    uint64 // pairs handed out (two clients each)
+	Refused   uint64 // connections closed at once for lack of room
+	TimedOut  uint64 // clients that did not send a whole GET_PAIR in time
+	Vanished  uint64 // waiting clients that hung up before being paired
+	Denied    uint64 // requests the Authorizer refused
+	OverQuota uint64 // requests refused because their user had MaxWaitingPerUID waiting
+	Expired   uint64 // waiting clients disconnected after MaxWait
+	Waiting   int    // clients waiting for a peer now
+	Conns     int    // open client connections now (handshaking and waiting)
 
 	// ProtocolErrors counts violations by kind, indexed by ProtocolErrorKind.
 	ProtocolErrors [numErrKinds]uint64
@@ -79,6 +82,7 @@ func (s *Stats) ProtocolErrorsByName() map[string]uint64 {
 // counters are written by the loop goroutine and read by Stats.
 type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
+	denied, overQuota, expired                    atomic.Uint64
 	waiting, conns                                atomic.Int64
 	protocol                                      [numErrKinds]atomic.Uint64
 }
@@ -87,13 +91,16 @@ type counters struct {
 func (b *Broker) Stats() Stats {
 	c := &b.stats
 	s := Stats{
-		Accepted: c.accepted.Load(),
-		Paired:   c.paired.Load(),
-		Refused:  c.refused.Load(),
-		TimedOut: c.timedOut.Load(),
-		Vanished: c.vanished.Load(),
-		Waiting:  int(c.waiting.Load()),
-		Conns:    int(c.conns.Load()),
+		Accepted:  c.accepted.Load(),
+		Paired:    c.paired.Load(),
+		Refused:   c.refused.Load(),
+		TimedOut:  c.timedOut.Load(),
+		Vanished:  c.vanished.Load(),
+		Denied:    c.denied.Load(),
+		OverQuota: c.overQuota.Load(),
+		Expired:   c.expired.Load(),
+		Waiting:   int(c.waiting.Load()),
+		Conns:     int(c.conns.Load()),
 	}
 	for i := range c.protocol {
 		s.ProtocolErrors[i] = c.protocol[i].Load()

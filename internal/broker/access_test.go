@@ -1,0 +1,180 @@
+package broker_test
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/one-socket/one-socket/internal/broker"
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// denyKeys is an Authorizer that refuses a set of keys and records who
+// asked.
+type denyKeys struct {
+	mu    sync.Mutex
+	deny  map[string]bool
+	peers []broker.Peer
+}
+
+func (d *denyKeys) Authorize(p broker.Peer, key []byte, mode libspbroker.Mode) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.peers = append(d.peers, p)
+	if d.deny[string(key)] {
+		return errors.New("key reserved")
+	}
+	return nil
+}
+
+func TestAuthorizerDenies(t *testing.T) {
+	auth := &denyKeys{deny: map[string]bool{"secret": true}}
+	e := startBroker(t, &broker.Config{Authorizer: auth})
+	bl := snapshot(t, e)
+
+	// A decoy waits on the key: the denied request must not reach it.
+	decoy := e.park(t, "secret-decoy", libspbroker.ModeServer)
+	denied := e.request(t, "secret", libspbroker.ModeClient)
+	denied.expectClosed()
+	denied.close()
+	e.waitStats(t, "Denied == 1", func(s broker.Stats) bool { return s.Denied == 1 })
+	assert.Equal(t, 1, e.Stats().Waiting)
+
+	auth.mu.Lock()
+	require.NotEmpty(t, auth.peers)
+	for _, p := range auth.peers {
+		assert.Equal(t, int32(os.Getpid()), p.PID)
+		assert.Equal(t, uint32(os.Getuid()), p.UID)
+		assert.Equal(t, uint32(os.Getgid()), p.GID)
+	}
+	auth.mu.Unlock()
+
+	pairBoth(t, decoy, e.request(t, "secret-decoy", libspbroker.ModeClient))
+
+	// Replaced at run time: the same request now pairs.
+	e.SetAuthorizer(nil)
+	w := e.park(t, "secret", libspbroker.ModeServer)
+	pairBoth(t, w, e.request(t, "secret", libspbroker.ModeClient))
+	assert.Equal(t, uint64(1), e.Stats().Denied)
+	bl.verify(t)
+}
+
+func TestMaxWait(t *testing.T) {
+	const maxWait = 300 * time.Millisecond
+	e := startBroker(t, &broker.Config{MaxWait: maxWait})
+	bl := snapshot(t, e)
+
+	start := time.Now()
+	w := e.park(t, "patient", libspbroker.ModeServer)
+	e.waitWaiting(t, 1)
+	w.expectClosed()
+	assert.GreaterOrEqual(t, time.Since(start), maxWait, "disconnected before MaxWait")
+	w.close()
+	e.waitStats(t, "Expired == 1", func(s broker.Stats) bool { return s.Expired == 1 && s.Waiting == 0 })
+
+	// A waiter paired within the bound is not touched.
+	w = e.park(t, "quick", libspbroker.ModeServer)
+	pairBoth(t, w, e.request(t, "quick", libspbroker.ModeClient))
+	time.Sleep(2 * maxWait)
+	assert.Equal(t, uint64(1), e.Stats().Expired)
+	bl.verify(t)
+}
+
+func TestQuotaPerUser(t *testing.T) {
+	const quota = 3
+	e := startBroker(t, &broker.Config{MaxWaitingPerUID: quota})
+	bl := snapshot(t, e)
+
+	var ws []*client
+	for i := range quota {
+		ws = append(ws, e.park(t, "q"+strconv.Itoa(i), libspbroker.ModeServer))
+	}
+	e.waitWaiting(t, quota)
+	over := e.request(t, "q-over", libspbroker.ModeServer)
+	over.expectClosed()
+	over.close()
+	e.waitStats(t, "OverQuota == 1", func(s broker.Stats) bool { return s.OverQuota == 1 })
+
+	// At its quota a user can still take a pair: only waiting counts.
+	pairBoth(t, ws[0], e.request(t, "q0", libspbroker.ModeClient))
+	// And a freed place can be taken again.
+	ws[0] = e.park(t, "q-again", libspbroker.ModeServer)
+	e.waitWaiting(t, quota)
+	for i, w := range ws {
+		key := "q" + strconv.Itoa(i)
+		if i == 0 {
+			key = "q-again"
+		}
+		pairBoth(t, w, e.request(t, key, libspbroker.ModeClient))
+	}
+	assert.Equal(t, uint64(1), e.Stats().OverQuota)
+	bl.verify(t)
+}
+
+// One user filling its quota leaves the others their own: a process
+// running as nobody parks more clients than it may, and root's clients
+// still wait.
+func TestQuotaIsPerUser(t *testing.T) {
+	require.Zero(t, os.Geteuid(), "this test starts a process as another user and must run as root")
+	const quota = 4
+	e := startBroker(t, &broker.Config{MaxWaitingPerUID: quota})
+	// Let the other user reach the socket.
+	for dir := filepath.Dir(e.path); dir != os.TempDir() && dir != "/"; dir = filepath.Dir(dir) {
+		require.NoError(t, os.Chmod(dir, 0o755))
+	}
+	require.NoError(t, os.Chmod(e.path, 0o666))
+
+	// The test binary sits in a directory only root may enter: copy it.
+	bin := filepath.Join(filepath.Dir(e.path), "waiter-host")
+	self, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, self, 0o755))
+
+	host := exec.Command(bin)
+	host.Env = append(os.Environ(), waiterHostEnv+"="+e.path, waiterCountEnv+"=7")
+	host.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	host.Stderr = os.Stderr
+	stdin, err := host.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := host.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, host.Start())
+	t.Cleanup(func() {
+		stdin.Close()
+		host.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "ready\n", line)
+	e.waitStats(t, "nobody at its quota", func(s broker.Stats) bool { return s.Waiting == quota && s.OverQuota == 3 })
+
+	var mine []*client
+	for i := range quota {
+		mine = append(mine, e.park(t, "root-"+strconv.Itoa(i), libspbroker.ModeServer))
+	}
+	e.waitWaiting(t, 2*quota)
+	over := e.request(t, "root-over", libspbroker.ModeServer)
+	over.expectClosed()
+	over.close()
+	e.waitStats(t, "root over its quota", func(s broker.Stats) bool { return s.OverQuota == 4 })
+
+	// The other user's clients leave; root's are untouched and pair.
+	stdin.Close()
+	io.Copy(io.Discard, stdout)
+	require.NoError(t, host.Wait())
+	e.waitWaiting(t, quota)
+	for i, w := range mine {
+		pairBoth(t, w, e.request(t, "root-"+strconv.Itoa(i), libspbroker.ModeClient))
+	}
+}
