@@ -36,9 +36,10 @@ step gofmt gofmt_clean
 step vet go vet ./...
 step staticcheck go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 step test go test -race -count=1 ./...
-# A short fuzz run of the wire decoder; a finding is saved under
-# libspbroker/testdata/fuzz and replayed by every later go test.
+# Short fuzz runs of the wire decoder and the policy parser; a finding is
+# saved under the package's testdata/fuzz and replayed by every go test.
 step fuzz go test -run='^$' -fuzz=FuzzDecodeValidate -fuzztime=15s -fuzzminimizetime=500x ./libspbroker/
+step fuzz-policy go test -run='^$' -fuzz=FuzzParse -fuzztime=15s -fuzzminimizetime=2s ./internal/policy/
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then
