@@ -80,13 +80,19 @@ func TestConformance(t *testing.T) {
 		require.Empty(t, createdFDs(res.output), "descriptors left open at exit")
 	})
 	// The installed library, compiled and linked with what pkg-config
-	// says and nothing else.
+	// says and nothing else, with and without --static.
 	for _, goRuntime := range []bool{true, false} {
-		t.Run(fmt.Sprintf("installed-go_runtime=%v", goRuntime), func(t *testing.T) {
-			t.Parallel()
-			requireOK(t, "conformance built with pkg-config against the meson install",
-				conformance(t, installedLib(t, goRuntime), time.Minute, nil))
-		})
+		for _, static := range []bool{false, true} {
+			name := fmt.Sprintf("installed-go_runtime=%v", goRuntime)
+			if static {
+				name += "-static"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				requireOK(t, "conformance built with pkg-config against the meson install",
+					conformance(t, installedLib(t, goRuntime, static), time.Minute, nil))
+			})
+		}
 	}
 }
 

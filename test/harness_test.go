@@ -261,16 +261,20 @@ func mesonInstall(t *testing.T, goRuntime bool) string {
 
 // installedLib is the library as installed by meson, with the compiler
 // and linker flags that pkg-config gives for it, and nothing else.
-func installedLib(t *testing.T, goRuntime bool) lib {
+func installedLib(t *testing.T, goRuntime, static bool) lib {
 	pcDir := mesonInstall(t, goRuntime)
 	requireTool(t, "pkg-config")
 	env := append(os.Environ(), "PKG_CONFIG_PATH="+pcDir)
 	var flags [2][]string
 	for i, which := range []string{"--cflags", "--libs"} {
-		cmd := exec.Command("pkg-config", which, "spbroker")
+		args := []string{which, "spbroker"}
+		if static {
+			args = append([]string{"--static"}, args...)
+		}
+		cmd := exec.Command("pkg-config", args...)
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "pkg-config %s spbroker: %s", which, out)
+		require.NoError(t, err, "pkg-config %v: %s", args, out)
 		flags[i] = strings.Fields(string(out))
 	}
 	cmd := exec.Command("pkg-config", "--variable=go_runtime", "spbroker")
@@ -278,7 +282,11 @@ func installedLib(t *testing.T, goRuntime bool) lib {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "pkg-config --variable=go_runtime spbroker: %s", out)
 	require.Equal(t, strconv.FormatBool(goRuntime), strings.TrimSpace(string(out)), "spbroker.pc's go_runtime variable")
-	return lib{name: fmt.Sprintf("installed-go_runtime=%v", goRuntime), cflags: flags[0], libs: flags[1]}
+	name := fmt.Sprintf("installed-go_runtime=%v", goRuntime)
+	if static {
+		name += "-static"
+	}
+	return lib{name: name, cflags: flags[0], libs: flags[1]}
 }
 
 // cWarnings are the flags every test program is compiled with.
