@@ -19,6 +19,8 @@ func (d *instance) startControl() {
 		Start:         d.started,
 		Level:         d.level,
 		Stop:          d.requestStop,
+		Reload:        func() (string, error) { return d.reloadPolicy("control") },
+		Policy:        d.policy.current,
 	}), d.log)
 	ln := d.ctlLn
 	d.ctlLn = nil // the server owns it now

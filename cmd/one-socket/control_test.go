@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -44,7 +45,10 @@ func TestControlLogLevel(t *testing.T) {
 	reply = controlRequest(t, ctl, `{"command":"log-level","level":"debug"}`)
 	assert.Equal(t, map[string]any{"ok": true, "result": map[string]any{"level": "debug"}}, reply)
 	pairOnce(t, path)
-	assert.Contains(t, d.stderr.String(), "level=DEBUG", "per-client lines after the switch to debug")
+	// The engine may write its lines just after the clients have their
+	// pair.
+	assert.Eventually(t, func() bool { return strings.Contains(d.stderr.String(), "level=DEBUG") },
+		5*time.Second, 10*time.Millisecond, "per-client lines after the switch to debug")
 
 	reply = controlRequest(t, ctl, `{"command":"status"}`)
 	require.Equal(t, true, reply["ok"], "%v", reply)

@@ -44,6 +44,10 @@ type config struct {
 	detach           bool
 	handshakeTimeout time.Duration
 	maxConns         int
+	policy           string        // --policy, empty for none
+	maxWaitingPerUID int           // 0: no limit
+	maxWait          time.Duration // 0: no limit
+	socketGroup      string        // --socket-group, empty to leave the group alone
 	version          bool
 }
 
@@ -74,6 +78,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", cfg.handshakeTimeout,
 		"disconnect a client that has not sent its whole GET_PAIR\nwithin `DURATION` (e.g. 500ms, 5s)")
 	set.IntVar(&cfg.maxConns, "max-conns", 0, "accept at most `N` client connections at once;\n0 derives N from the descriptor limit")
+	set.StringVar(&cfg.policy, "policy", "", "decide who may ask for which keys by the policy file `FILE`;\n"+
+		"SIGHUP or 'one-socketctl reload' rereads it")
+	set.IntVar(&cfg.maxWaitingPerUID, "max-waiting-per-uid", 0, "let each user (by uid) have at most `N` clients waiting;\n0 means no limit")
+	set.DurationVar(&cfg.maxWait, "max-wait", 0, "disconnect a client that has waited `DURATION` for its peer;\n0 means no limit")
+	set.StringVar(&cfg.socketGroup, "socket-group", "", "give the socket file to `GROUP` (a name or a number) after bind")
 	set.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	// The flag package calls Usage both for --help and after printing an
 	// error; the full text goes to stdout for --help only, and a mistake
@@ -107,6 +116,12 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	if cfg.maxConns < 0 {
 		return bad("--max-conns must be 0 (derived) or more, not %d", cfg.maxConns)
 	}
+	if cfg.maxWaitingPerUID < 0 {
+		return bad("--max-waiting-per-uid must be 0 (no limit) or more, not %d", cfg.maxWaitingPerUID)
+	}
+	if cfg.maxWait < 0 {
+		return bad("--max-wait must be 0 (no limit) or more, not %v", cfg.maxWait)
+	}
 	return cfg, nil
 }
 
@@ -128,7 +143,7 @@ Flags:
 		}
 		fmt.Fprintf(w, "\n    \t%s", strings.ReplaceAll(text, "\n", "\n    \t"))
 		switch f.DefValue {
-		case "", "0", "false":
+		case "", "0", "0s", "false":
 		default:
 			fmt.Fprintf(w, " (default %s)", f.DefValue)
 		}
@@ -148,7 +163,7 @@ Environment:
 
 SIGINT or SIGTERM stops the broker: waiting clients are disconnected and
 the socket files it created and the pid file are removed. SIGHUP reopens
---log-file. See one-socket(8).
+--log-file and rereads --policy. See one-socket(8).
 `)
 }
 

@@ -45,6 +45,9 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	if spec := os.Getenv(envPairHelper); spec != "" {
+		return pairHelper(spec)
+	}
 	dir, err := os.MkdirTemp("", "one-socket-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

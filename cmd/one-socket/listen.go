@@ -30,11 +30,12 @@ type socketFile struct {
 // isAbstract reports whether path names a Linux abstract socket.
 func isAbstract(path string) bool { return strings.HasPrefix(path, "@") }
 
-// listen binds and listens on path and, for a socket file, applies mode
-// with chmod. An existing socket file is replaced only if nothing answers
+// listen binds and listens on path and, for a socket file, gives it to
+// group gid with chown when gid is not -1 and then applies mode with
+// chmod. An existing socket file is replaced only if nothing answers
 // on it; anything else at the path makes listen fail and stays untouched.
 // The caller owns the listener; the listener never removes the file.
-func listen(path string, mode fs.FileMode) (*net.UnixListener, *socketFile, error) {
+func listen(path string, mode fs.FileMode, gid int) (*net.UnixListener, *socketFile, error) {
 	addr := &net.UnixAddr{Name: path, Net: "unix"}
 	if isAbstract(path) {
 		// The kernel frees an abstract name when its last socket closes,
@@ -69,6 +70,13 @@ func listen(path string, mode fs.FileMode) (*net.UnixListener, *socketFile, erro
 		ln.Close()
 		os.Remove(path) // just bound by us: nobody else can own it yet
 		return nil, nil, err
+	}
+	// The group before the mode: the group may connect only once both
+	// are set, and a chown does not clear a socket's permission bits.
+	if gid != -1 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			return fail(fmt.Errorf("setting the socket's group: %w", err))
+		}
 	}
 	if err := os.Chmod(path, mode); err != nil {
 		return fail(fmt.Errorf("setting the socket's mode: %w", err))

@@ -83,6 +83,7 @@ type instance struct {
 	notify *notifier    // the service manager's notify socket, or nil
 	report *startReport // the pipe to a --detach parent, or nil
 	level  *slog.LevelVar
+	policy policyState // --policy and the summary of the policy in force
 	log    *slog.Logger
 	logf   *logFile // --log-file, or nil
 
@@ -136,10 +137,39 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	if err != nil {
 		log.Warn("cannot raise the descriptor limit", "limit", nofile, "err", err)
 	}
+	// The policy before anything is created: a daemon that cannot apply
+	// the policy it was given must not start without it.
+	var auth broker.Authorizer
+	if cfg.policy != "" {
+		d.policy.path = cfg.policy
+		a, summary, err := d.policy.load()
+		if err != nil {
+			return d.fail(log, fmt.Errorf("policy: %w", err), "policy", cfg.policy)
+		}
+		auth = a
+		d.policy.summary.Store(&summary)
+	}
+	brokerActivated := d.act != nil && d.act.broker != nil
+	gid := -1
+	if cfg.socketGroup != "" {
+		switch {
+		case brokerActivated:
+			log.Warn("--socket-group ignored: the service manager passed the broker socket", "socket", d.brokerPath)
+		case isAbstract(d.brokerPath):
+			return d.fail(log, errors.New("--socket-group cannot be used with an abstract socket, which has no file"), "socket", d.brokerPath)
+		default:
+			if gid, err = lookupSocketGroup(cfg.socketGroup); err != nil {
+				return d.fail(log, err)
+			}
+		}
+	}
 	d.b, err = broker.New(&broker.Config{
 		Logger:           log,
 		HandshakeTimeout: cfg.handshakeTimeout,
 		MaxConns:         cfg.maxConns,
+		MaxWaitingPerUID: cfg.maxWaitingPerUID,
+		MaxWait:          cfg.maxWait,
+		Authorizer:       auth,
 	})
 	if err != nil {
 		return d.fail(log, err)
@@ -165,7 +195,6 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	// the broker socket accepts, everything does. The broker's path is
 	// checked first all the same: a second daemon is told about the broker
 	// that runs there, not about its control socket.
-	brokerActivated := d.act != nil && d.act.broker != nil
 	if !brokerActivated && !isAbstract(d.brokerPath) {
 		if err := clearPath(d.brokerPath); err != nil {
 			return d.fail(log, err, "socket", d.brokerPath)
@@ -174,14 +203,14 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	if d.act != nil && d.act.control != nil {
 		d.ctlLn, d.act.control = d.act.control, nil
 	} else if d.ctlPath != "" {
-		if d.ctlLn, d.ctlSock, err = listen(d.ctlPath, ctlSocketMode); err != nil {
+		if d.ctlLn, d.ctlSock, err = listen(d.ctlPath, ctlSocketMode, -1); err != nil {
 			return d.fail(log, fmt.Errorf("control socket: %w", err), "ctl_socket", d.ctlPath)
 		}
 	}
 	var ln *net.UnixListener
 	if brokerActivated {
 		ln, d.act.broker = d.act.broker, nil
-	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode); err != nil {
+	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode, gid); err != nil {
 		return d.fail(log, err, "socket", d.brokerPath)
 	}
 	d.served = make(chan error, 1)
@@ -237,6 +266,9 @@ func (d *instance) serve(sigs, hups chan os.Signal) int {
 			why = "stop command"
 		case <-hups:
 			d.reopenLog()
+			if d.policy.path != "" {
+				d.reloadPolicy("SIGHUP")
+			}
 		case err := <-d.ctlServed:
 			// The broker goes on without its control socket.
 			d.ctlServed = nil
@@ -261,7 +293,8 @@ func (d *instance) serve(sigs, hups chan os.Signal) int {
 	}
 	log.Info("one-socket stopped", "reason", why,
 		"accepted", s.Accepted, "paired", s.Paired, "refused", s.Refused,
-		"timed_out", s.TimedOut, "vanished", s.Vanished, "protocol_errors", protoErrs)
+		"timed_out", s.TimedOut, "vanished", s.Vanished, "protocol_errors", protoErrs,
+		"denied", s.Denied, "over_quota", s.OverQuota, "expired", s.Expired)
 	d.removePidFile()
 	return status
 }
@@ -317,6 +350,9 @@ func (d *instance) logStarted(nofile uint64) {
 	args := []any{"socket", d.brokerPath}
 	if d.brokerSock != nil && !d.brokerSock.abstract {
 		args = append(args, "mode", fmt.Sprintf("%04o", uint32(d.cfg.socketMode)))
+		if d.cfg.socketGroup != "" {
+			args = append(args, "group", d.cfg.socketGroup)
+		}
 	}
 	if d.ctl != nil {
 		args = append(args, "ctl_socket", d.ctlPath)
@@ -327,16 +363,25 @@ func (d *instance) logStarted(nofile uint64) {
 	if d.pidf != nil {
 		args = append(args, "pidfile", d.pidf.path)
 	}
+	args = append(args, "policy", d.policy.current())
+	if d.cfg.maxWaitingPerUID > 0 {
+		args = append(args, "max_waiting_per_uid", d.cfg.maxWaitingPerUID)
+	}
+	if d.cfg.maxWait > 0 {
+		args = append(args, "max_wait", d.cfg.maxWait)
+	}
 	args = append(args, "max_conns", d.b.MaxConns(), "nofile", nofile,
 		"handshake_timeout", d.cfg.handshakeTimeout, "pid", os.Getpid(), "version", versionString())
 	d.log.Info("one-socket started", args...)
 }
 
-// reopenLog handles SIGHUP: it reopens --log-file, which logrotate has
-// just renamed; without --log-file there is nothing to do.
+// reopenLog handles SIGHUP's first part: it reopens --log-file, which
+// logrotate has just renamed; without --log-file there is nothing to do.
 func (d *instance) reopenLog() {
 	if d.logf == nil {
-		d.log.Debug("SIGHUP ignored: there is no --log-file to reopen")
+		if d.policy.path == "" {
+			d.log.Debug("SIGHUP ignored: there is no --log-file to reopen")
+		}
 		return
 	}
 	if err := d.logf.Reopen(); err != nil {

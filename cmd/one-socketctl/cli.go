@@ -52,6 +52,8 @@ var commands = []*command{
 		flags: append([]string{"hex"}, controlFlags...), min: 1, max: 1, run: (*app).drop},
 	{name: "log-level", synopsis: "[LEVEL]", help: "show or set the log level: debug, info, warn, error",
 		flags: controlFlags, max: 1, run: (*app).logLevel},
+	{name: "reload", help: "reread the broker's access policy (--policy)",
+		flags: controlFlags, run: (*app).reload},
 	{name: "stop", help: "stop the broker gracefully",
 		flags: controlFlags, run: (*app).stop},
 	{name: "version", help: "print this tool's and the running broker's versions",

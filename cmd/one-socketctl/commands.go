@@ -128,6 +128,9 @@ func writeStatus(w io.Writer, st *control.Status) {
 	line("refused", st.RefusedTotal)
 	line("timed out", st.TimedOutTotal)
 	line("vanished", st.VanishedTotal)
+	line("denied", st.DeniedTotal)
+	line("over quota", st.OverQuotaTotal)
+	line("expired", st.ExpiredTotal)
 	var total uint64
 	var kinds []string
 	for _, k := range slices.Sorted(maps.Keys(st.ProtocolErrors)) {
@@ -141,6 +144,7 @@ func writeStatus(w io.Writer, st *control.Status) {
 	} else {
 		line("protocol errors", 0)
 	}
+	line("policy", cmp.Or(st.Policy, "none"))
 	tw.Flush()
 }
 
@@ -193,6 +197,11 @@ func (a *app) logLevel(o *options) int {
 	level, _ := o.level() // checked by parse
 	var lr control.LevelResult
 	return a.do(o, control.Request{Command: control.CmdLogLevel, Level: level}, &lr, func() { fmt.Fprintln(a.stdout, lr.Level) })
+}
+
+func (a *app) reload(o *options) int {
+	var rr control.ReloadResult
+	return a.do(o, control.Request{Command: control.CmdReload}, &rr, func() { fmt.Fprintln(a.stdout, rr.Policy) })
 }
 
 func (a *app) stop(o *options) int {

@@ -90,6 +90,12 @@ func TestIntegrationDaemon(t *testing.T) {
 	assert.Equal(t, ctlPath, st.ControlSocket)
 	assert.Equal(t, result{stdout: "one-socketctl " + testVersion + "\none-socket " + daemonVersion + "\n"}, run(t, env, "", "version"))
 	assert.Equal(t, result{stdout: "debug\n"}, run(t, env, "", "log-level", "debug"))
+	assert.Equal(t, "none", st.Policy)
+	assert.Equal(t, result{stdout: "no policy configured\n"}, run(t, env, "", "reload"))
+	r = run(t, env, "", "status")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `\ndenied: +0\nover quota: +0\nexpired: +0\n`, r.stdout)
+	assert.Regexp(t, `\npolicy: +none\n`, r.stdout)
 
 	a := start(t, env, strings.NewReader("from a\n"), "pair", "daemon-key", "--mode", "server")
 	require.Eventually(t, func() bool {

@@ -1,6 +1,7 @@
 package control_test
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -158,6 +159,32 @@ func TestBrokerHandlerWithoutLevel(t *testing.T) {
 	n, err := h.Drop([]byte("k"))
 	require.NoError(t, err)
 	assert.Zero(t, n)
+	summary, err := h.Reload()
+	require.NoError(t, err)
+	assert.Equal(t, "no policy configured", summary)
+	assert.Equal(t, "none", h.Status().Policy)
+}
+
+func TestBrokerHandlerReload(t *testing.T) {
+	b, _ := startBroker(t)
+	fail := false
+	h := control.BrokerHandler(b, control.DaemonInfo{
+		Start:  time.Now(),
+		Policy: func() string { return "policy p: 1 rule" },
+		Reload: func() (string, error) {
+			if fail {
+				return "", errors.New("p:3: unknown mode")
+			}
+			return "policy p: 2 rules", nil
+		},
+	})
+	assert.Equal(t, "policy p: 1 rule", h.Status().Policy)
+	summary, err := h.Reload()
+	require.NoError(t, err)
+	assert.Equal(t, "policy p: 2 rules", summary)
+	fail = true
+	_, err = h.Reload()
+	assert.EqualError(t, err, "p:3: unknown mode")
 }
 
 func TestKeyText(t *testing.T) {

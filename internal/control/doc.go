@@ -11,6 +11,7 @@
 //	{"command":"drop","key":"<the key's bytes in base64>"}
 //	{"command":"log-level"}                  (ask the level)
 //	{"command":"log-level","level":"debug"}  (set it)
+//	{"command":"reload"}                     (reread the access policy)
 //	{"command":"stop"}
 //
 // The server answers with one JSON line and closes the connection:
@@ -19,8 +20,9 @@
 //	{"ok":false,"error":"message"}
 //
 // Results: status gives a [Status]; list an array of [Waiter], longest
-// waiting first; drop a [DropResult]; log-level a [LevelResult]; stop a
-// [StopResult], sent before the stop begins.
+// waiting first; drop a [DropResult]; log-level a [LevelResult]; reload a
+// [ReloadResult], or an error saying why the file was not taken (the old
+// policy stays); stop a [StopResult], sent before the stop begins.
 //
 // A request larger than [MaxRequestSize] bytes, one not complete within
 // [RequestTimeout] of the connection's acceptance, and one arriving while

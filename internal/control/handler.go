@@ -26,6 +26,14 @@ type DaemonInfo struct {
 	// not wait for the control server to close. The daemon must set it:
 	// nil makes "stop" answer yes and do nothing.
 	Stop func()
+
+	// Reload rereads the access policy and returns its summary; "reload"
+	// calls it. nil answers "no policy configured".
+	Reload func() (string, error)
+
+	// Policy returns the summary of the policy in force for status; nil
+	// reports "none".
+	Policy func() string
 }
 
 // BrokerHandler returns a Handler that answers from b and info. b must be
@@ -56,6 +64,13 @@ func (h *brokerHandler) Status() Status {
 		TimedOutTotal:  s.TimedOut,
 		VanishedTotal:  s.Vanished,
 		ProtocolErrors: s.ProtocolErrorsByName(),
+		DeniedTotal:    s.Denied,
+		OverQuotaTotal: s.OverQuota,
+		ExpiredTotal:   s.Expired,
+		Policy:         "none",
+	}
+	if h.info.Policy != nil {
+		st.Policy = h.info.Policy()
 	}
 	if h.info.Level != nil {
 		st.LogLevel = LevelName(h.info.Level.Level())
@@ -98,6 +113,13 @@ func (h *brokerHandler) SetLogLevel(level string) error {
 	}
 	h.info.Level.Set(l)
 	return nil
+}
+
+func (h *brokerHandler) Reload() (string, error) {
+	if h.info.Reload == nil {
+		return "no policy configured", nil
+	}
+	return h.info.Reload()
 }
 
 func (h *brokerHandler) Stop() {

@@ -37,6 +37,9 @@ type fakeHandler struct {
 	listErr error
 	dropped [][]byte
 	stops   int
+	reloads int
+	// reloadErr, if set, is what Reload fails with.
+	reloadErr error
 
 	listGate    chan struct{} // if set, List waits until it is closed
 	listEntered chan struct{} // if set, List sends on it when called
@@ -88,6 +91,16 @@ func (h *fakeHandler) Stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.stops++
+}
+
+func (h *fakeHandler) Reload() (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.reloads++
+	if h.reloadErr != nil {
+		return "", h.reloadErr
+	}
+	return "policy test: 1 rule (1 allow, 0 deny), default deny", nil
 }
 
 func (h *fakeHandler) stopCount() int {

@@ -29,6 +29,7 @@ const (
 	CmdDrop     = "drop"
 	CmdLogLevel = "log-level"
 	CmdStop     = "stop"
+	CmdReload   = "reload"
 )
 
 // Request is a control request. Key is sent in base64, as encoding/json
@@ -66,6 +67,13 @@ type Status struct {
 	TimedOutTotal  uint64            `json:"timed_out_total"`
 	VanishedTotal  uint64            `json:"vanished_total"`
 	ProtocolErrors map[string]uint64 `json:"protocol_errors"` // by kind
+
+	DeniedTotal    uint64 `json:"denied_total"`     // requests the policy refused
+	OverQuotaTotal uint64 `json:"over_quota_total"` // requests refused by --max-waiting-per-uid
+	ExpiredTotal   uint64 `json:"expired_total"`    // waiters disconnected after --max-wait
+
+	// Policy summarises the access policy in force, "none" without one.
+	Policy string `json:"policy"`
 }
 
 // Waiter is one element of the result of "list": a client waiting for its
@@ -90,6 +98,12 @@ type DropResult struct {
 // request.
 type LevelResult struct {
 	Level string `json:"level"`
+}
+
+// ReloadResult is the result of "reload": the summary of the policy in
+// force after it, or "no policy configured".
+type ReloadResult struct {
+	Policy string `json:"policy"`
 }
 
 // StopResult is the result of "stop".

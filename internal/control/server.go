@@ -33,6 +33,9 @@ type Handler interface {
 	// Stop begins a graceful stop and returns at once. It must not wait
 	// for Server.Close, which waits for the request that called it.
 	Stop()
+	// Reload rereads the daemon's access policy and returns a summary of
+	// the one in force. On error the old policy stays in force.
+	Reload() (string, error)
 }
 
 // refuseTimeout bounds the write of a refusal, which the accepting
@@ -321,6 +324,13 @@ func (s *Server) handle(c *net.UnixConn, line []byte) (rep reply, after func()) 
 			s.audit(c, "control: log level set", "level", req.Level)
 		}
 		return okReply(LevelResult{Level: s.h.Status().LogLevel}), nil
+	case CmdReload:
+		s.audit(c, "control: reload requested")
+		summary, err := s.h.Reload()
+		if err != nil {
+			return errorReply(err.Error()), nil
+		}
+		return okReply(ReloadResult{Policy: summary}), nil
 	case CmdStop:
 		s.audit(c, "control: stop requested")
 		return okReply(StopResult{Stopping: true}), s.h.Stop

@@ -397,3 +397,19 @@ func TestCallErrors(t *testing.T) {
 	for range accepted {
 	}
 }
+
+func TestReload(t *testing.T) {
+	h := newFake()
+	s := startServer(t, h, options{})
+	var rr control.ReloadResult
+	mustCall(t, s.path, control.Request{Command: control.CmdReload}, &rr)
+	assert.Equal(t, "policy test: 1 rule (1 allow, 0 deny), default deny", rr.Policy)
+
+	h.mu.Lock()
+	h.reloadErr = errors.New("policy.conf:2: unknown mode \"srv\"")
+	h.mu.Unlock()
+	assert.Equal(t, `policy.conf:2: unknown mode "srv"`, serverError(t, s.path, control.Request{Command: control.CmdReload}))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Equal(t, 2, h.reloads)
+}
