@@ -147,6 +147,12 @@ func (b *Broker) Serve(ln *net.UnixListener) error {
 	if err != nil {
 		return err
 	}
+	return b.serve(lfd, nil)
+}
+
+// serve runs the loop on listener lfd, which it owns; before, if not nil,
+// runs on the loop first.
+func (b *Broker) serve(lfd int, before func(*loop)) error {
 	b.mu.Lock()
 	if b.serving || b.closed {
 		b.mu.Unlock()
@@ -170,6 +176,9 @@ func (b *Broker) Serve(ln *net.UnixListener) error {
 	b.wakeFD = l.wakeFD
 	b.mu.Unlock()
 	b.log.Debug("engine running", "max_conns", b.maxConns, "handshake_timeout", b.handshake)
+	if before != nil {
+		before(l)
+	}
 	runErr := l.run()
 	b.mu.Lock()
 	b.wakeFD = -1
@@ -177,9 +186,12 @@ func (b *Broker) Serve(ln *net.UnixListener) error {
 	b.mu.Unlock()
 	l.drainCalls() // anything posted before wakeFD was cleared
 	l.close()
-	if runErr != nil {
+	switch {
+	case runErr != nil:
 		b.log.Error("engine stopped", "err", runErr)
 		return runErr
+	case l.handedOver:
+		return ErrHandedOver
 	}
 	return ErrClosed
 }

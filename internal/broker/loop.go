@@ -101,6 +101,9 @@ type loop struct {
 	wakeFD   int
 	spareFD  int // /dev/null, closed to make room when accept hits EMFILE
 	stopping bool
+	// handedOver: the listener and clients went to a State; closing the
+	// loop must leave them open.
+	handedOver bool
 
 	start  time.Time
 	now    int64
