@@ -281,9 +281,10 @@ tu_finish(const struct tu_opts *o)
 
 /*
  * runtime_owned - whether descriptor @name of this process belongs to a Go
- * runtime: the cgroup files it keeps open to follow the CPU limit, and its
- * network poller.  A Go runtime opens these on its own schedule, even after
- * main() has started, and no function of the library creates any of them.
+ * runtime: the cgroup files it keeps open to follow the CPU limit, files
+ * under /sys and /proc it reads while it starts (on a thread of its own,
+ * alongside main()), and its network poller.  A Go runtime opens these on
+ * its own schedule, and no function of the library opens any of them.
  */
 static bool
 runtime_owned(const char *name)
@@ -297,7 +298,8 @@ runtime_owned(const char *name)
         return false;
     }
     target[n] = '\0';
-    return strncmp(target, "/sys/fs/cgroup/", 15) == 0 ||
+    return strncmp(target, "/sys/", 5) == 0 ||
+           strncmp(target, "/proc/", 6) == 0 ||
            strcmp(target, "anon_inode:[eventpoll]") == 0 ||
            strcmp(target, "anon_inode:[eventfd]") == 0;
 }

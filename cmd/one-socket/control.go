@@ -21,9 +21,11 @@ func (d *instance) startControl() {
 		Stop:          d.requestStop,
 		Reload:        func() (string, error) { return d.reloadPolicy("control") },
 		Policy:        d.policy.current,
+		Upgrade:       d.requestUpgrade,
 	}), d.log)
 	ln := d.ctlLn
 	d.ctlLn = nil // the server owns it now
+	d.ctlListener = ln
 	d.ctlServed = make(chan error, 1)
 	go func() { d.ctlServed <- d.ctl.Serve(ln) }()
 }

@@ -6,7 +6,8 @@
 // socket files (listen.go), sockets from systemd (activation.go), readiness
 // and status for systemd (notify.go), --detach (detach.go), --pidfile
 // (pidfile.go), --log-file (logfile.go), the control socket (control.go),
-// process limits (runtime.go), and the start-up, signals and shutdown that
+// process limits (runtime.go), the upgrade by re-exec in place
+// (upgrade.go), and the start-up, signals and shutdown that
 // tie them together (here). The pairing itself is internal/broker's.
 //
 // See doc/one-socket.md and one-socket(8) for the operation guide.
@@ -38,6 +39,11 @@ func main() {
 // --version, and for --detach once the daemon listens; 2 for a bad command
 // line; 1 for anything that kept the broker from starting or running.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && args[0] == handoverFlag {
+		// Hidden: the upgrade asks the new binary which handover it reads.
+		fmt.Fprintln(stdout, handoverVersion)
+		return 0
+	}
 	cfg, err := parseFlags(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -57,10 +63,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "one-socket: %v\n", err)
 		return 1
 	}
+	ho, err := takeHandover()
+	if err != nil {
+		fmt.Fprintf(stderr, "one-socket: cannot take over: %v\n", err)
+		return 1
+	}
 	act, actErr := takeActivated(os.Getpid())
 	notify, notifyErr := newNotifier()
 
-	if cfg.detach && report == nil {
+	if cfg.detach && report == nil && ho == nil {
 		if act != nil || actErr != nil {
 			act.close()
 			fmt.Fprintln(stderr, "one-socket: --detach cannot be used with socket activation: the service manager runs the daemon")
@@ -69,7 +80,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return detach(args, stderr)
 	}
 
-	d := &instance{cfg: cfg, act: act, notify: notify, report: report, level: new(slog.LevelVar)}
+	d := &instance{cfg: cfg, act: act, notify: notify, report: report, level: new(slog.LevelVar), ho: ho}
+	if ho != nil {
+		d.exe = ho.Exe
+	} else if d.exe, err = executablePath(os.Args[0]); err != nil {
+		d.exeErr = err
+	}
 	d.level.Set(cfg.logLevel)
 	return d.run(stderr, actErr, notifyErr)
 }
@@ -99,12 +115,26 @@ type instance struct {
 	ctlServed  chan error // the control server's, nil without one
 	stopReq    chan struct{}
 	started    time.Time
+
+	exe         string // the binary an upgrade runs, as invoked
+	exeErr      error
+	ho          *handover // what the previous program handed over, or nil
+	activated   bool      // the broker socket came from the service manager
+	bcfg        broker.Config
+	ctlListener *net.UnixListener // the control server's, kept for an upgrade
+	upgradeReq  chan struct{}
 }
 
 // run starts the daemon, serves until a stop, and returns the exit status.
 func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	cfg := d.cfg
-	pathErr := d.settlePaths()
+	var pathErr error
+	if d.ho != nil {
+		d.brokerPath, d.ctlPath = d.ho.Socket.Path, d.ho.CtlSocket.Path
+		cfg.logFile = d.ho.LogFile
+	} else {
+		pathErr = d.settlePaths()
+	}
 
 	// The log first, so that every later failure is logged where the
 	// operator asked; errors found so far are reported once it exists.
@@ -122,6 +152,9 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 		if err != nil {
 			return d.fail(log, err)
 		}
+	}
+	if d.exeErr != nil {
+		log.Warn("cannot resolve the daemon's binary: upgrades are disabled", "argv0", os.Args[0], "err", d.exeErr)
 	}
 	if notifyErr != nil {
 		// The broker works without it; a manager waiting for READY=1 will
@@ -163,14 +196,15 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 			}
 		}
 	}
-	d.b, err = broker.New(&broker.Config{
+	d.bcfg = broker.Config{
 		Logger:           log,
 		HandshakeTimeout: cfg.handshakeTimeout,
 		MaxConns:         cfg.maxConns,
 		MaxWaitingPerUID: cfg.maxWaitingPerUID,
 		MaxWait:          cfg.maxWait,
 		Authorizer:       auth,
-	})
+	}
+	d.b, err = broker.New(d.brokerConfig())
 	if err != nil {
 		return d.fail(log, err)
 	}
@@ -183,6 +217,13 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	hups := make(chan os.Signal, 1)
 	signal.Notify(hups, syscall.SIGHUP)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	d.upgradeReq = make(chan struct{}, 1)
+	if d.ho != nil {
+		return d.adopt(sigs, hups, usr2, nofile)
+	}
+	d.activated = brokerActivated
 
 	// The pid file before the sockets: a second daemon with the same pid
 	// file must not touch them.
@@ -223,7 +264,7 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	d.logStarted(nofile)
 	d.report.ok()
 	d.notify.ready(d.b.Stats, func(err error) { log.Warn("cannot notify the service manager", "err", err) })
-	return d.serve(sigs, hups)
+	return d.serve(sigs, hups, usr2)
 }
 
 // settlePaths decides where the broker and control sockets are, before
@@ -254,7 +295,7 @@ func (d *instance) settlePaths() error {
 }
 
 // serve waits for a reason to stop, stops, and returns the exit status.
-func (d *instance) serve(sigs, hups chan os.Signal) int {
+func (d *instance) serve(sigs, hups, usr2 chan os.Signal) int {
 	log := d.log
 	status := 0
 	var why any
@@ -264,6 +305,10 @@ func (d *instance) serve(sigs, hups chan os.Signal) int {
 			why = sig.String()
 		case <-d.stopReq:
 			why = "stop command"
+		case <-usr2:
+			d.upgrade("SIGUSR2", false)
+		case <-d.upgradeReq:
+			d.upgrade("control", true)
 		case <-hups:
 			d.reopenLog()
 			if d.policy.path != "" {

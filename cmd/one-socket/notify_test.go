@@ -105,6 +105,13 @@ func TestIntegrationNotify(t *testing.T) {
 	m := ns.waitFor("STATUS=waiting 1, paired 1, conns 1")
 	assert.EqualValues(t, d.pid(), m.pid)
 
+	// An upgrade says RELOADING=1, then READY=1 from the same pid.
+	require.NoError(t, d.cmd.Process.Signal(syscall.SIGUSR2))
+	reloading := ns.waitFor("RELOADING=1")
+	assert.EqualValues(t, d.pid(), reloading.pid)
+	ready = ns.waitFor("READY=1")
+	assert.EqualValues(t, d.pid(), ready.pid)
+
 	require.NoError(t, d.cmd.Process.Signal(syscall.SIGTERM))
 	stopping := ns.waitFor("STOPPING=1")
 	assert.EqualValues(t, d.pid(), stopping.pid)

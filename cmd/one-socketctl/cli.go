@@ -54,6 +54,8 @@ var commands = []*command{
 		flags: controlFlags, max: 1, run: (*app).logLevel},
 	{name: "reload", help: "reread the broker's access policy (--policy)",
 		flags: controlFlags, run: (*app).reload},
+	{name: "upgrade", help: "restart the broker by re-exec of its binary, keeping every client",
+		flags: controlFlags, run: (*app).upgrade},
 	{name: "stop", help: "stop the broker gracefully",
 		flags: controlFlags, run: (*app).stop},
 	{name: "version", help: "print this tool's and the running broker's versions",

@@ -204,6 +204,11 @@ func (a *app) reload(o *options) int {
 	return a.do(o, control.Request{Command: control.CmdReload}, &rr, func() { fmt.Fprintln(a.stdout, rr.Policy) })
 }
 
+func (a *app) upgrade(o *options) int {
+	var ur control.UpgradeResult
+	return a.do(o, control.Request{Command: control.CmdUpgrade}, &ur, func() { fmt.Fprintln(a.stdout, "one-socket is upgrading") })
+}
+
 func (a *app) stop(o *options) int {
 	var sr control.StopResult
 	return a.do(o, control.Request{Command: control.CmdStop}, &sr, func() { fmt.Fprintln(a.stdout, "one-socket is stopping") })

@@ -108,6 +108,16 @@ func TestIntegrationDaemon(t *testing.T) {
 	assert.Equal(t, 0, a.wait(), a.stderr.String())
 	assert.Equal(t, "from b\n", a.stdout.String())
 
+	// upgrade: the same process runs on, with the log level it had.
+	assert.Equal(t, result{stdout: "one-socket is upgrading\n"}, run(t, env, "", "upgrade"))
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "msg=upgraded ") },
+		waitFor, 10*time.Millisecond, "no upgraded line")
+	r = run(t, env, "", "status", "--json")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
+	assert.Equal(t, daemon.Process.Pid, st.PID)
+	assert.Equal(t, "debug", st.LogLevel)
+
 	assert.Equal(t, result{stdout: "one-socket is stopping\n"}, run(t, env, "", "stop"))
 	select {
 	case <-exited:

@@ -31,6 +31,10 @@ type DaemonInfo struct {
 	// calls it. nil answers "no policy configured".
 	Reload func() (string, error)
 
+	// Upgrade checks the daemon's binary and begins the restart by
+	// re-exec; "upgrade" calls it. nil refuses the upgrade.
+	Upgrade func() error
+
 	// Policy returns the summary of the policy in force for status; nil
 	// reports "none".
 	Policy func() string
@@ -120,6 +124,13 @@ func (h *brokerHandler) Reload() (string, error) {
 		return "no policy configured", nil
 	}
 	return h.info.Reload()
+}
+
+func (h *brokerHandler) Upgrade() error {
+	if h.info.Upgrade == nil {
+		return errors.New("this daemon cannot upgrade")
+	}
+	return h.info.Upgrade()
 }
 
 func (h *brokerHandler) Stop() {

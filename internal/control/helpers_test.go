@@ -93,6 +93,10 @@ func (h *fakeHandler) Stop() {
 	h.stops++
 }
 
+func (h *fakeHandler) Upgrade() error {
+	return errors.New("fake handler cannot upgrade")
+}
+
 func (h *fakeHandler) Reload() (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

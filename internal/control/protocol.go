@@ -30,6 +30,7 @@ const (
 	CmdLogLevel = "log-level"
 	CmdStop     = "stop"
 	CmdReload   = "reload"
+	CmdUpgrade  = "upgrade"
 )
 
 // Request is a control request. Key is sent in base64, as encoding/json
@@ -104,6 +105,12 @@ type LevelResult struct {
 // force after it, or "no policy configured".
 type ReloadResult struct {
 	Policy string `json:"policy"`
+}
+
+// UpgradeResult is the result of "upgrade": the new binary passed its
+// check and the daemon is re-executing it.
+type UpgradeResult struct {
+	Upgrading bool `json:"upgrading"`
 }
 
 // StopResult is the result of "stop".

@@ -36,6 +36,10 @@ type Handler interface {
 	// Reload rereads the daemon's access policy and returns a summary of
 	// the one in force. On error the old policy stays in force.
 	Reload() (string, error)
+	// Upgrade checks the daemon's binary and, if it can take over,
+	// begins the restart by re-exec and returns at once; on error nothing
+	// changes. Like Stop, it must not wait for Server.Close.
+	Upgrade() error
 }
 
 // refuseTimeout bounds the write of a refusal, which the accepting
@@ -331,6 +335,12 @@ func (s *Server) handle(c *net.UnixConn, line []byte) (rep reply, after func()) 
 			return errorReply(err.Error()), nil
 		}
 		return okReply(ReloadResult{Policy: summary}), nil
+	case CmdUpgrade:
+		s.audit(c, "control: upgrade requested")
+		if err := s.h.Upgrade(); err != nil {
+			return errorReply(err.Error()), nil
+		}
+		return okReply(UpgradeResult{Upgrading: true}), nil
 	case CmdStop:
 		s.audit(c, "control: stop requested")
 		return okReply(StopResult{Stopping: true}), s.h.Stop

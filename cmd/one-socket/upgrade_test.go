@@ -1,0 +1,325 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	spb "github.com/one-socket/one-socket/libspbroker"
+)
+
+// spawnAt starts the daemon binary at bin, which a test may replace.
+func spawnAt(t *testing.T, bin, sock string, args ...string) *daemon {
+	t.Helper()
+	saved := daemonBin
+	daemonBin = bin
+	d := spawn(t, daemonEnv(), append([]string{"--socket", sock}, args...)...)
+	daemonBin = saved
+	d.path = sock
+	d.waitAccepting()
+	return d
+}
+
+// copyDaemon copies the test binary into dir and returns the copy's path.
+func copyDaemon(t *testing.T, dir string) string {
+	t.Helper()
+	data, err := os.ReadFile(daemonBin)
+	require.NoError(t, err)
+	bin := filepath.Join(dir, "one-socket")
+	require.NoError(t, os.WriteFile(bin, data, 0o755))
+	return bin
+}
+
+// waitLogCount waits until the daemon's stderr has n lines with msg.
+func (d *daemon) waitLogCount(msg string, n int) {
+	d.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	count := func() int {
+		s := d.stderr.String()
+		return strings.Count(s, `msg="`+msg+`"`) + strings.Count(s, "msg="+msg+" ")
+	}
+	for count() < n {
+		select {
+		case <-d.done:
+			d.t.Fatalf("one-socket exited before logging %q %d times:\n%s", msg, n, d.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("one-socket did not log %q %d times:\n%s", msg, n, d.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waiter is a client that sent its GET_PAIR and waits for its peer.
+type waiter struct {
+	key  []byte
+	conn *spb.Conn
+}
+
+func startWaiters(t *testing.T, path string, n int) []waiter {
+	t.Helper()
+	var ws []waiter
+	for range n {
+		c, err := spb.Dial(path)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		w := waiter{key: uniqueKey("wait"), conn: c}
+		require.NoError(t, c.SendGetPair(w.key, spb.ModeServer))
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+// pairWaiters pairs every waiter with a new client and checks the pairs.
+func pairWaiters(t *testing.T, path string, ws []waiter) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, w := range ws {
+		f, err := spb.GetPair(ctx, path, w.key, spb.ModeClient)
+		require.NoError(t, err)
+		require.NoError(t, w.conn.SetDeadline(time.Now().Add(10*time.Second)))
+		g, err := w.conn.ReceiveSetPair()
+		require.NoError(t, err)
+		expectConnected(t, f, g)
+		f.Close()
+		g.Close()
+	}
+}
+
+func TestUpgradeBySIGUSR2(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl, pidPath := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket"), filepath.Join(dir, "one.pid")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl, "--pidfile", pidPath)
+	pid := d.pid()
+
+	// Two waiters with the same key: FIFO must hold across the upgrade.
+	key := uniqueKey("fifo")
+	var first, second *spb.Conn
+	for _, p := range []**spb.Conn{&first, &second} {
+		c, err := spb.Dial(sock)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		require.NoError(t, c.SendGetPair(key, spb.ModeServer))
+		*p = c
+		waitWaiting(t, ctl, map[**spb.Conn]int{&first: 1, &second: 2}[p])
+	}
+	ws := startWaiters(t, sock, 3)
+	// A client that sent half its request.
+	halfKey := uniqueKey("half")
+	wire := getPairWire(halfKey, spb.ModeServer)
+	half, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	defer half.Close()
+	_, err = half.Write(wire[:len(wire)/2])
+	require.NoError(t, err)
+	waitWaiting(t, ctl, 5)
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=6 ")
+	assert.Equal(t, pid, d.pid())
+	data, err := os.ReadFile(pidPath)
+	require.NoError(t, err)
+	assert.Equal(t, strconv.Itoa(pid), strings.TrimSpace(string(data)))
+
+	// FIFO: the first waiter gets the first peer.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, c := range []*spb.Conn{first, second} {
+		f, err := spb.GetPair(ctx, sock, key, spb.ModeClient)
+		require.NoError(t, err)
+		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+		g, err := c.ReceiveSetPair()
+		require.NoError(t, err)
+		expectConnected(t, f, g)
+		f.Close()
+		g.Close()
+	}
+	pairWaiters(t, sock, ws)
+
+	// The half-sent request completes.
+	_, err = half.Write(wire[len(wire)/2:])
+	require.NoError(t, err)
+	f, err := spb.GetPair(ctx, sock, halfKey, spb.ModeClient)
+	require.NoError(t, err)
+	f.Close()
+	buf := make([]byte, spb.MessageSize)
+	oob := make([]byte, 64)
+	require.NoError(t, half.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, oobn, _, _, err := half.(*net.UnixConn).ReadMsgUnix(buf, oob)
+	require.NoError(t, err)
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	require.NoError(t, err)
+	require.Len(t, msgs, 1)
+	fds, err := syscall.ParseUnixRights(&msgs[0])
+	require.NoError(t, err)
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+
+	// The control socket is served and the pid file still locked.
+	st := controlRequest(t, ctl, `{"command":"status"}`)
+	assert.Equal(t, true, st["ok"])
+	code, _, stderr := runDaemon(t, "--socket", filepath.Join(dir, "other.socket"), "--pidfile", pidPath)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "holds")
+
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl, pidPath)
+}
+
+func TestUpgradeByControl(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl)
+	ws := startWaiters(t, sock, 2)
+	waitWaiting(t, ctl, 2)
+
+	reply := controlRequest(t, ctl, `{"command":"upgrade"}`)
+	assert.Equal(t, true, reply["ok"], "%v", reply)
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=2 ")
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl)
+}
+
+func TestUpgradeRefused(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl)
+	ws := startWaiters(t, sock, 2)
+	waitWaiting(t, ctl, 2)
+
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\necho 2\n"), 0o755))
+	reply := controlRequest(t, ctl, `{"command":"upgrade"}`)
+	assert.Equal(t, false, reply["ok"])
+	assert.Contains(t, reply["error"], "handover version")
+
+	require.NoError(t, os.Remove(bin))
+	reply = controlRequest(t, ctl, `{"command":"upgrade"}`)
+	assert.Equal(t, false, reply["ok"])
+	assert.Contains(t, reply["error"], "upgrade refused")
+
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgrade refused", 3)
+	waitWaiting(t, ctl, 2)
+
+	// A binary that passes the check and is gone at the exec: the daemon
+	// serves the same clients again, control socket included.
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\necho 1\nrm -f \"$0\"\n"), 0o755))
+	reply = controlRequest(t, ctl, `{"command":"upgrade"}`)
+	assert.Equal(t, true, reply["ok"], "%v", reply)
+	d.waitLogCount("upgrade failed; serving on", 1)
+	waitWaiting(t, ctl, 2)
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+	assert.NotContains(t, d.stderr.String(), `msg=upgraded `)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl)
+}
+
+func TestUpgradeUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl)
+	ws := startWaiters(t, sock, 200)
+	waitWaiting(t, ctl, 200)
+
+	var stop atomic.Bool
+	var pairs, failures atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for !stop.Load() {
+			key := uniqueKey("load")
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			errs := make(chan error, 2)
+			for _, mode := range []spb.Mode{spb.ModeServer, spb.ModeClient} {
+				go func() {
+					f, err := spb.GetPair(ctx, sock, key, mode)
+					if f != nil {
+						f.Close()
+					}
+					errs <- err
+				}()
+			}
+			for range 2 {
+				if err := <-errs; err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+			cancel()
+			pairs.Add(1)
+		}
+	})
+	for i := range 10 {
+		require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+		d.waitLogCount("upgraded", i+1)
+	}
+	stop.Store(true)
+	wg.Wait()
+	assert.Zero(t, failures.Load(), "first error: %v", firstErr.Load())
+	assert.Positive(t, pairs.Load())
+	pairWaiters(t, sock, ws)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl)
+}
+
+func TestHandoverVersionFlag(t *testing.T) {
+	code, stdout, _ := runDaemon(t, "--handover-version")
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "1\n", stdout)
+}
+
+// TestUpgradeDetached upgrades a --detach daemon started by a relative
+// path with relative files: it runs from / by then, yet the upgrade finds
+// its binary, log file and pid file.
+func TestUpgradeDetached(t *testing.T) {
+	dir := t.TempDir()
+	copyDaemon(t, dir)
+	t.Chdir(dir)
+	saved := daemonBin
+	daemonBin = "./one-socket"
+	code, _, stderr := runDaemon(t, "--detach", "--socket", "one.socket", "--pidfile", "one.pid",
+		"--log-file", "one.log", "--ctl-socket", "ctl.socket")
+	daemonBin = saved
+	require.Equal(t, 0, code, "stderr: %s", stderr)
+	data, err := os.ReadFile("one.pid")
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	require.NoError(t, err)
+	killOnCleanup(t, pid)
+	sock := filepath.Join(dir, "one.socket")
+	ws := startWaiters(t, sock, 3)
+	waitWaiting(t, filepath.Join(dir, "ctl.socket"), 3)
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	require.Eventually(t, func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "one.log"))
+		return strings.Contains(string(b), "msg=upgraded clients=3 ")
+	}, 15*time.Second, 10*time.Millisecond)
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
+	waitExited(t, pid)
+	requireGone(t, sock, filepath.Join(dir, "ctl.socket"), filepath.Join(dir, "one.pid"))
+}
