@@ -19,22 +19,9 @@ while getopts "d:i:s:h" opt; do
 	esac
 done
 
-work=$(mktemp -d)
-bpid=
-cleanup() {
-	[ -n "$bpid" ] && kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-"${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$work/spload" "$shared/spload.c"
-(cd "$top" && go build -o "$work/one-socket" ./cmd/one-socket && go build -o "$work/loadtool" ./bench/loadtool)
-ulimit -n "$(ulimit -Hn)"
-
-sock=$work/one.socket
-"$work/one-socket" --socket "$sock" --ctl-socket none --log-level warn --handshake-timeout 2s 2>"$work/broker.log" &
-bpid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+. "$top/bench/common.sh"
+build_tools
+start_broker --ctl-socket none --log-level warn --handshake-timeout 2s 2>"$work/broker.log"
 
 fds() { ls "/proc/$bpid/fd" | wc -l; }
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$bpid/status"; }

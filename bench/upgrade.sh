@@ -19,23 +19,10 @@ while getopts "w:u:s:h" opt; do
 	esac
 done
 
-work=$(mktemp -d)
-bpid=
-cleanup() {
-	[ -n "$bpid" ] && kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-"${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$work/spload" "$shared/spload.c"
-(cd "$top" && go build -o "$work/one-socket" ./cmd/one-socket && go build -o "$work/loadtool" ./bench/loadtool)
-ulimit -n "$(ulimit -Hn)"
-
-sock=$work/one.socket
+. "$top/bench/common.sh"
+build_tools
 log=$work/broker.log
-"$work/one-socket" --socket "$sock" --ctl-socket "$work/ctl" --log-file "$log" &
-bpid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+start_broker --ctl-socket "$work/ctl" --log-file "$log"
 
 mkfifo "$work/hold"
 "$work/loadtool" waiters -s "$sock" -n "$waiters" <"$work/hold" >"$work/waiters.out" &

@@ -1,0 +1,34 @@
+# Sourced by the bench scripts: a scratch directory removed at exit, the
+# load tools and the daemon built into it, and a broker started on demand.
+# Expects $top (the repository) and $shared (the shared bench directory).
+
+work=$(mktemp -d)
+bpid=
+bench_cleanup() {
+	if [ -n "$bpid" ]; then
+		kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null
+	fi
+	rm -rf "$work"
+}
+trap bench_cleanup EXIT
+
+# build_tools builds spload, the daemon and loadtool into $work.
+build_tools() {
+	"${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$work/spload" "$shared/spload.c"
+	(cd "$top" && go build -o "$work/one-socket" ./cmd/one-socket && go build -o "$work/loadtool" ./bench/loadtool)
+	ulimit -n "$(ulimit -Hn)"
+}
+
+# start_broker ARGS... starts the daemon on $work/one.socket with ARGS,
+# sets $sock and $bpid, and waits for the socket file.
+start_broker() {
+	sock=$work/one.socket
+	"$work/one-socket" --socket "$sock" "$@" &
+	bpid=$!
+	for _ in $(seq 100); do
+		[ -S "$sock" ] && return 0
+		sleep 0.05
+	done
+	echo "the broker did not start" >&2
+	return 1
+}
