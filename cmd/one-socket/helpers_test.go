@@ -99,9 +99,17 @@ func daemonEnv(extra ...string) []string {
 // spawn starts the daemon with args and env and does not wait for it.
 func spawn(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, done: make(chan struct{})}
-	d.cmd = exec.Command(daemonBin, args...)
-	d.cmd.Env = env
+	cmd := exec.Command(daemonBin, args...)
+	cmd.Env = env
+	return start(t, cmd, "", "one-socket")
+}
+
+// start runs cmd (the daemon, or a wrapper that starts it) as a daemon
+// listening on path, killed at cleanup if still running; label names its
+// output in the log of a failed test.
+func start(t *testing.T, cmd *exec.Cmd, path, label string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, done: make(chan struct{}), path: path, cmd: cmd}
 	d.cmd.Stdout = &d.stdout
 	d.cmd.Stderr = &d.stderr
 	require.NoError(t, d.cmd.Start())
@@ -117,7 +125,7 @@ func spawn(t *testing.T, env []string, args ...string) *daemon {
 			<-d.done
 		}
 		if t.Failed() {
-			t.Logf("one-socket stderr:\n%s", d.stderr.String())
+			t.Logf("%s stderr:\n%s", label, d.stderr.String())
 		}
 	})
 	return d
@@ -380,27 +388,9 @@ func socketActivate(t *testing.T, socks []activation, env []string, args ...stri
 	cmdline = append(cmdline, daemonBin)
 	cmdline = append(cmdline, args...)
 
-	d := &daemon{t: t, done: make(chan struct{}), path: socks[0].path}
-	d.cmd = exec.Command(sa, cmdline...)
-	d.cmd.Env = daemonEnv()
-	d.cmd.Stdout = &d.stdout
-	d.cmd.Stderr = &d.stderr
-	require.NoError(t, d.cmd.Start())
-	go func() {
-		d.cmd.Wait()
-		close(d.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			d.cmd.Process.Kill()
-			<-d.done
-		}
-		if t.Failed() {
-			t.Logf("systemd-socket-activate and one-socket stderr:\n%s", d.stderr.String())
-		}
-	})
+	cmd := exec.Command(sa, cmdline...)
+	cmd.Env = daemonEnv()
+	d := start(t, cmd, socks[0].path, "systemd-socket-activate and one-socket")
 	// systemd-socket-activate starts the daemon at the first connection;
 	// that connection waits in the queue until the daemon accepts it.
 	// It binds before it listens: a connect in between is refused, so
