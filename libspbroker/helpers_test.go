@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -173,9 +174,9 @@ func waitReadable(fd int, wait time.Duration) bool {
 // countFDs returns the number of descriptors the process has open.
 func countFDs(t testing.TB) int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	n, err := testutil.CountFDs()
 	require.NoError(t, err)
-	return len(ents) - 1 // the directory's own descriptor
+	return n
 }
 
 // isOpen reports whether fd is an open descriptor.
