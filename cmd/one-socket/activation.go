@@ -15,28 +15,42 @@ import (
 // (SD_LISTEN_FDS_START in sd-daemon.h).
 const listenFDsStart = 3
 
-// Names of activated sockets, as set with FileDescriptorName= in a socket
-// unit or --fdname in systemd-socket-activate.
+// Names of passed descriptors: the sockets, as set with
+// FileDescriptorName= in a socket unit or --fdname in
+// systemd-socket-activate, and what the daemon puts in systemd's file
+// descriptor store (FDNAME=) to find again after a restart.
 const (
 	fdNameBroker  = "broker"
 	fdNameControl = "control"
+	fdNameClient  = "client"
+	fdNameState   = "state"
 )
 
-// activated holds the listening sockets a service manager passed; either
-// may be nil. The daemon owns them and must never unlink their files: the
-// service manager created them and keeps them across restarts.
+// activated holds what a service manager passed: the listening sockets
+// (either may be nil) and, after a restart under systemd with --fdstore,
+// the clients and state description the previous instance put in the
+// file descriptor store (fdstore.go). The daemon owns all of it and must
+// never unlink the socket files: the service manager created them, or
+// keeps them for the next instance.
 type activated struct {
 	broker, control *net.UnixListener
+	clients         []int    // stored client connections, close-on-exec
+	state           *os.File // the stored description, or nil
 }
 
-// takeActivated returns the sockets passed by socket activation, or nil
-// when there are none for this process. It implements the sd_listen_fds
+// maxListenFDs bounds LISTEN_FDS: the sockets, and a file descriptor
+// store that may hold one descriptor per waiting client.
+const maxListenFDs = 1 << 24
+
+// takeActivated returns what socket activation passed, or nil when
+// nothing was passed to this process. It implements the sd_listen_fds
 // protocol: LISTEN_PID must be pid; LISTEN_FDS descriptors start at 3;
 // LISTEN_FDNAMES names them. The descriptor named "broker" is the broker
-// socket and "control" the control socket; a single descriptor not named
-// "control" is the broker socket, whatever its name. It unsets the
-// LISTEN_* variables so that no child inherits them, marks the
-// descriptors close-on-exec, and on error closes every one of them.
+// socket, "control" the control socket, "client" and "state" come from the
+// file descriptor store; a single descriptor with another name (or none)
+// is the broker socket. It unsets the LISTEN_* variables so that no child
+// inherits them, marks the descriptors close-on-exec, and on error closes
+// every one of them.
 func takeActivated(pid int) (*activated, error) {
 	pidStr, nStr := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
 	namesStr, haveNames := os.LookupEnv("LISTEN_FDNAMES")
@@ -51,8 +65,8 @@ func takeActivated(pid int) (*activated, error) {
 		return nil, nil
 	}
 	n, err := strconv.Atoi(nStr)
-	if err != nil || n < 0 || n > 64 {
-		return nil, fmt.Errorf("socket activation: LISTEN_FDS=%q is not a small count", nStr)
+	if err != nil || n < 0 || n > maxListenFDs {
+		return nil, fmt.Errorf("socket activation: LISTEN_FDS=%q is not a descriptor count", nStr)
 	}
 	if n == 0 {
 		return nil, nil
@@ -71,31 +85,13 @@ func takeActivated(pid int) (*activated, error) {
 			return fail(fmt.Errorf("LISTEN_FDNAMES names %d sockets but LISTEN_FDS is %d", len(names), n))
 		}
 	}
-	roles := make([]string, n)
-	seen := map[string]bool{}
-	for i, name := range names {
-		switch {
-		case name == fdNameBroker || name == fdNameControl:
-			roles[i] = name
-		case n == 1:
-			// One socket can only be the broker's, whatever its name:
-			// unnamed, "unknown" (systemd-socket-activate), or a socket
-			// unit's default name, such as "one-socket.socket".
-			roles[i] = fdNameBroker
-		case name == "" || name == "unknown":
-			return fail(fmt.Errorf("%d sockets passed and socket %d has no name: "+
-				"name them %q and %q (FileDescriptorName= or --fdname)", n, i, fdNameBroker, fdNameControl))
-		default:
-			return fail(fmt.Errorf("socket %d is named %q; want %q or %q (FileDescriptorName=)", i, name, fdNameBroker, fdNameControl))
-		}
-		if seen[roles[i]] {
-			return fail(fmt.Errorf("more than one socket named %q", roles[i]))
-		}
-		seen[roles[i]] = true
+	roles, err := activationRoles(names)
+	if err != nil {
+		return fail(err)
 	}
 
 	// Close-on-exec first, so that nothing this process starts inherits
-	// the service manager's sockets.
+	// the service manager's descriptors.
 	for i := range n {
 		if _, err := unix.FcntlInt(uintptr(listenFDsStart+i), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 			return fail(os.NewSyscallError("fcntl", err))
@@ -103,7 +99,16 @@ func takeActivated(pid int) (*activated, error) {
 	}
 	act := &activated{}
 	for i, role := range roles {
-		ln, err := activatedListener(listenFDsStart+i, role)
+		fd := listenFDsStart + i
+		switch role {
+		case fdNameClient:
+			act.clients = append(act.clients, fd)
+			continue
+		case fdNameState:
+			act.state = os.NewFile(uintptr(fd), fdNameState)
+			continue
+		}
+		ln, err := activatedListener(fd, role)
 		if err != nil {
 			act.close()
 			for j := i + 1; j < n; j++ {
@@ -118,6 +123,43 @@ func takeActivated(pid int) (*activated, error) {
 		}
 	}
 	return act, nil
+}
+
+// activationRoles gives each passed descriptor its role from its name.
+func activationRoles(names []string) ([]string, error) {
+	roles := make([]string, len(names))
+	var unnamed []int // not one of the four names
+	seen := map[string]bool{}
+	for i, name := range names {
+		switch name {
+		case fdNameBroker, fdNameControl, fdNameState:
+			if seen[name] {
+				return nil, fmt.Errorf("more than one descriptor named %q", name)
+			}
+			seen[name] = true
+			roles[i] = name
+		case fdNameClient:
+			roles[i] = name
+		default:
+			unnamed = append(unnamed, i)
+		}
+	}
+	switch {
+	case len(unnamed) == 0:
+	case len(unnamed) == 1 && !seen[fdNameBroker]:
+		// One socket can only be the broker's, whatever its name:
+		// unnamed, "unknown" (systemd-socket-activate), or a socket
+		// unit's default name, such as "one-socket.socket".
+		roles[unnamed[0]] = fdNameBroker
+	default:
+		i := unnamed[0]
+		if names[i] == "" || names[i] == "unknown" {
+			return nil, fmt.Errorf("%d sockets passed and socket %d has no name: "+
+				"name them %q and %q (FileDescriptorName= or --fdname)", len(names), i, fdNameBroker, fdNameControl)
+		}
+		return nil, fmt.Errorf("socket %d is named %q; want %q or %q (FileDescriptorName=)", i, names[i], fdNameBroker, fdNameControl)
+	}
+	return roles, nil
 }
 
 // activatedListener checks that fd is a listening Unix stream socket and
@@ -163,7 +205,7 @@ func listenerPath(ln *net.UnixListener) string {
 	return "(unnamed)"
 }
 
-// close closes the sockets not yet handed on; a nil *activated does
+// close closes what was not yet handed on; a nil *activated does
 // nothing.
 func (a *activated) close() {
 	if a == nil {
@@ -174,5 +216,11 @@ func (a *activated) close() {
 			ln.Close()
 		}
 	}
-	a.broker, a.control = nil, nil
+	for _, fd := range a.clients {
+		unix.Close(fd)
+	}
+	if a.state != nil {
+		a.state.Close()
+	}
+	a.broker, a.control, a.clients, a.state = nil, nil, nil, nil
 }

@@ -114,7 +114,7 @@ func TestIntegrationActivationRefused(t *testing.T) {
 		}, `socket 1 is named \"vhost\"`},
 		{"two brokers", func(dir string) []activation {
 			return []activation{{filepath.Join(dir, "a"), "broker"}, {filepath.Join(dir, "b"), "broker"}}
-		}, `more than one socket named \"broker\"`},
+		}, `more than one descriptor named \"broker\"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d := socketActivate(t, tt.socks(t.TempDir()), nil)
@@ -187,4 +187,34 @@ func TestNewNotifierUnsets(t *testing.T) {
 	require.NoError(t, err)
 	assert.Nil(t, n, "no NOTIFY_SOCKET, no notifier")
 	assert.NoError(t, n.send("READY=1"), "a nil notifier sends nothing")
+}
+
+// TestActivationRoles checks how passed descriptors are told apart by
+// name, with the file descriptor store's clients and state among them.
+func TestActivationRoles(t *testing.T) {
+	for _, tt := range []struct {
+		names []string
+		roles []string // nil: an error containing err
+		err   string
+	}{
+		{[]string{""}, []string{"broker"}, ""},
+		{[]string{"one-socket.socket"}, []string{"broker"}, ""},
+		{[]string{"control"}, []string{"control"}, ""},
+		{[]string{"control", "broker"}, []string{"control", "broker"}, ""},
+		{[]string{"broker", "control", "client", "client", "state"},
+			[]string{"broker", "control", "client", "client", "state"}, ""},
+		// A unit's socket without FileDescriptorName=, then the store.
+		{[]string{"one-socket.socket", "client", "state"}, []string{"broker", "client", "state"}, ""},
+		{[]string{"broker", "state", "state"}, nil, `more than one descriptor named "state"`},
+		{[]string{"", ""}, nil, "2 sockets passed and socket 0 has no name"},
+		{[]string{"broker", "vhost"}, nil, `socket 1 is named "vhost"`},
+	} {
+		roles, err := activationRoles(tt.names)
+		if tt.roles == nil {
+			assert.ErrorContains(t, err, tt.err, "%q", tt.names)
+			continue
+		}
+		require.NoError(t, err, "%q", tt.names)
+		assert.Equal(t, tt.roles, roles, "%q", tt.names)
+	}
 }

@@ -48,6 +48,7 @@ type config struct {
 	maxWaitingPerUID int           // 0: no limit
 	maxWait          time.Duration // 0: no limit
 	socketGroup      string        // --socket-group, empty to leave the group alone
+	fdstore          bool          // --fdstore: keep clients in systemd's store across a restart
 	version          bool
 }
 
@@ -83,6 +84,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set.IntVar(&cfg.maxWaitingPerUID, "max-waiting-per-uid", 0, "let each user (by uid) have at most `N` clients waiting;\n0 means no limit")
 	set.DurationVar(&cfg.maxWait, "max-wait", 0, "disconnect a client that has waited `DURATION` for its peer;\n0 means no limit")
 	set.StringVar(&cfg.socketGroup, "socket-group", "", "give the socket file to `GROUP` (a name or a number) after bind")
+	set.BoolVar(&cfg.fdstore, "fdstore", false, "at a stop, hand waiting clients to systemd's file descriptor store,\n"+
+		"which gives them back at the next start (needs FileDescriptorStoreMax=;\n"+
+		"on by itself when systemd sets $FDSTORE)")
 	set.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	// The flag package calls Usage both for --help and after printing an
 	// error; the full text goes to stdout for --help only, and a mistake
@@ -160,6 +164,8 @@ Environment:
                        one named "broker" (or a single unnamed one) and the
                        one named "control" replace --socket and --ctl-socket
   NOTIFY_SOCKET        where to send readiness and status (Type=notify)
+  FDSTORE              the size of systemd's file descriptor store; when
+                       positive, as --fdstore
 
 SIGINT or SIGTERM stops the broker: waiting clients are disconnected and
 the socket files it created and the pid file are removed. SIGHUP reopens

@@ -123,6 +123,9 @@ type instance struct {
 	bcfg        broker.Config
 	ctlListener *net.UnixListener // the control server's, kept for an upgrade
 	upgradeReq  chan struct{}
+
+	fdstore  bool      // stops hand the clients to the service manager's store
+	restored *restored // what this start took back from that store, or nil
 }
 
 // run starts the daemon, serves until a stop, and returns the exit status.
@@ -160,6 +163,14 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 		// The broker works without it; a manager waiting for READY=1 will
 		// say so, and this line says why.
 		log.Warn("cannot notify the service manager", "err", notifyErr)
+	}
+	if d.fdstore = fdStoreWanted(cfg.fdstore, os.Getenv); d.fdstore && d.notify == nil {
+		log.Warn("--fdstore needs a service manager (NOTIFY_SOCKET): a stop will disconnect the waiting clients")
+		d.fdstore = false
+	}
+	var storeErr error
+	if d.restored, storeErr = takeStored(d.act, time.Now()); storeErr != nil {
+		log.Warn("cannot take back the stored clients", "err", storeErr)
 	}
 	if d.act != nil && d.act.broker != nil && cfg.socket != "" && cfg.socket != d.brokerPath {
 		log.Warn("--socket ignored: the service manager passed the broker socket", "socket", d.brokerPath)
@@ -254,8 +265,9 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode, gid); err != nil {
 		return d.fail(log, err, "socket", d.brokerPath)
 	}
-	d.served = make(chan error, 1)
-	go func() { d.served <- d.b.Serve(ln) }()
+	if err := d.startEngine(ln); err != nil {
+		return d.fail(log, err)
+	}
 
 	d.started = time.Now()
 	d.stopReq = make(chan struct{}, 1)
@@ -264,7 +276,33 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	d.logStarted(nofile)
 	d.report.ok()
 	d.notify.ready(d.b.Stats, func(err error) { log.Warn("cannot notify the service manager", "err", err) })
+	if r := d.restored; r != nil {
+		d.forgetStored()
+		log.Info("clients taken back from the service manager", "clients", r.taken,
+			"stored", r.counts.Clients, "hung_up", r.lost, "unknown", r.stray)
+		d.restored = nil
+	}
 	return d.serve(sigs, hups, usr2)
+}
+
+// startEngine runs the broker on ln, with the clients taken back from the
+// file descriptor store if there are any.
+func (d *instance) startEngine(ln *net.UnixListener) error {
+	d.served = make(chan error, 1)
+	if d.restored == nil || len(d.restored.conns) == 0 {
+		go func() { d.served <- d.b.Serve(ln) }()
+		return nil
+	}
+	lfd, err := dupListener(ln)
+	ln.Close()
+	if err != nil {
+		d.served = nil
+		return fmt.Errorf("broker socket: %w", err)
+	}
+	st := &broker.State{Listener: lfd, Conns: d.restored.conns}
+	d.restored.conns = nil // the engine owns them now
+	go func() { d.served <- d.b.ServeState(st) }()
+	return nil
 }
 
 // settlePaths decides where the broker and control sockets are, before
@@ -329,7 +367,11 @@ func (d *instance) serve(sigs, hups, usr2 chan os.Signal) int {
 	// operator can still kill a broker whose stop hangs.
 	signal.Stop(sigs)
 	d.notify.stopping(func(err error) { log.Warn("cannot notify the service manager", "err", err) })
-	d.shutdown()
+	if d.fdstore {
+		d.stopIntoStore()
+	} else {
+		d.shutdown()
+	}
 
 	s := d.b.Stats()
 	var protoErrs uint64
@@ -379,6 +421,11 @@ func (d *instance) fail(log *slog.Logger, err error, args ...any) int {
 		d.removeSocket(d.ctlSock)
 	}
 	d.act.close()
+	if d.restored != nil {
+		// Still in the service manager's store: only these copies go.
+		(&broker.State{Listener: -1, Conns: d.restored.conns}).Close()
+		d.restored = nil
+	}
 	if d.ctlLn != nil {
 		d.ctlLn.Close()
 	}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/one-socket/one-socket/internal/broker"
 )
@@ -115,5 +118,59 @@ func (n *notifier) stopping(onErr func(error)) {
 	}
 	if err := n.send("STOPPING=1\nSTATUS=stopping"); err != nil {
 		onErr(err)
+	}
+}
+
+// sendFDs sends one message with fds attached (SCM_RIGHTS), for FDSTORE=1.
+// The caller keeps its descriptors; the manager receives duplicates.
+func (n *notifier) sendFDs(state string, fds []int) error {
+	if n == nil {
+		return errors.New("sd_notify: no NOTIFY_SOCKET")
+	}
+	// Raw calls: the net package refuses WriteMsgUnix on a connected
+	// datagram socket, and sendto needs none.
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("sd_notify: %w", os.NewSyscallError("socket", err))
+	}
+	defer unix.Close(s)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	// x/sys/unix makes a leading '@' the abstract namespace, as systemd does.
+	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: n.addr.Name}, unix.MSG_NOSIGNAL); err != nil {
+		return fmt.Errorf("sd_notify: %w", os.NewSyscallError("sendmsg", err))
+	}
+	return nil
+}
+
+// barrier waits, up to timeout, until the manager has read every message
+// sent before it (sd_notify_barrier(3)): it sends BARRIER=1 with the write
+// end of a pipe, which the manager closes once it got there.
+func (n *notifier) barrier(timeout time.Duration) error {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return os.NewSyscallError("pipe2", err)
+	}
+	defer unix.Close(p[0])
+	err := n.sendFDs("BARRIER=1", p[1:])
+	unix.Close(p[1])
+	if err != nil {
+		return err
+	}
+	fds := []unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}
+	deadline := time.Now().Add(timeout)
+	for {
+		k, err := unix.Poll(fds, int(max(time.Until(deadline).Milliseconds(), 0)))
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return os.NewSyscallError("poll", err)
+		case k == 0:
+			return fmt.Errorf("sd_notify: the service manager did not answer BARRIER=1 within %v", timeout)
+		}
+		return nil
 	}
 }

@@ -63,7 +63,9 @@ func TestSystemdUnits(t *testing.T) {
 	svc := settings("one-socket.service")
 	assert.Equal(t, []string{"notify"}, svc["Type"])
 	assert.Equal(t, []string{"one-socket.socket one-socket-control.socket"}, svc["Sockets"])
-	assert.Equal(t, []string{daemonBin}, svc["ExecStart"])
+	assert.Equal(t, []string{daemonBin + " --fdstore"}, svc["ExecStart"])
+	require.Len(t, svc["FileDescriptorStoreMax"], 1)
+	assert.NotEqual(t, "0", svc["FileDescriptorStoreMax"][0], "--fdstore needs a store")
 }
 
 // TestManPage checks that one-socket(8) formats without a single groff

@@ -181,7 +181,7 @@ func setCloexec(fds []int, on bool) error {
 	return nil
 }
 
-// dupListener returns a duplicate of ln's descriptor.
+// dupListener returns a duplicate of ln's descriptor, close-on-exec.
 func dupListener(ln *net.UnixListener) (int, error) {
 	rc, err := ln.SyscallConn()
 	if err != nil {
@@ -189,7 +189,7 @@ func dupListener(ln *net.UnixListener) (int, error) {
 	}
 	nfd := -1
 	var derr error
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.Dup(int(fd)) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
 		return -1, err
 	}
 	return nfd, derr
@@ -223,30 +223,10 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 	if err := d.notify.send("RELOADING=1"); err != nil {
 		log.Warn("cannot notify the service manager", "err", err)
 	}
-	st, err := d.b.Handover()
+	st, ctlFD, err := d.handOver()
 	if err != nil {
 		log.Warn("upgrade failed", "err", err)
 		return err
-	}
-	if d.served != nil {
-		<-d.served
-		d.served = nil
-	}
-	// The control socket: dup the listener, then close the server.
-	ctlFD := -1
-	if d.ctl != nil {
-		if d.ctlListener != nil {
-			if ctlFD, err = dupListener(d.ctlListener); err != nil {
-				log.Warn("cannot keep the control socket across the upgrade", "err", err)
-				ctlFD = -1
-			}
-		}
-		d.ctl.Close()
-		if d.ctlServed != nil {
-			<-d.ctlServed
-			d.ctlServed = nil
-		}
-		d.ctl, d.ctlListener = nil, nil
 	}
 	err = d.exec(st, ctlFD)
 	// Still here: serve the State again in this process.
@@ -257,6 +237,37 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 	}
 	log.Warn("upgrade failed; serving on", "err", err)
 	return err
+}
+
+// handOver stops the engine and the control server without closing what
+// they serve: it returns the engine's State and a duplicate of the control
+// listener (-1 without one), all owned by the caller.
+func (d *instance) handOver() (*broker.State, int, error) {
+	st, err := d.b.Handover()
+	if err != nil {
+		return nil, -1, err
+	}
+	if d.served != nil {
+		<-d.served
+		d.served = nil
+	}
+	// The control socket: dup the listener, then close the server.
+	ctlFD := -1
+	if d.ctl != nil {
+		if d.ctlListener != nil {
+			if ctlFD, err = dupListener(d.ctlListener); err != nil {
+				d.log.Warn("cannot keep the control socket", "err", err)
+				ctlFD = -1
+			}
+		}
+		d.ctl.Close()
+		if d.ctlServed != nil {
+			<-d.ctlServed
+			d.ctlServed = nil
+		}
+		d.ctl, d.ctlListener = nil, nil
+	}
+	return st, ctlFD, nil
 }
 
 // exec writes the description and re-executes; it returns only on error.
