@@ -1,28 +1,51 @@
 #!/usr/bin/env bash
 # Restart under load: 1,000 waiting clients and spload pairing without
-# pause, while the daemon is upgraded in place by SIGUSR2 ten times. Not
-# one pairing may fail, and every waiting client must pair afterwards.
+# pause, while the daemon restarts ten times: upgraded in place by SIGUSR2
+# (-m usr2, the default), or stopped and started again the way systemctl
+# restart does it with the shipped units, the file descriptor store
+# included (-m systemd; loadtool plays systemd's part). Not one pairing
+# may fail, and every waiting client must pair afterwards.
 #
-#   bench/upgrade.sh [-w WAITERS] [-u UPGRADES] [-s SHARED_BENCH_DIR]
+#   bench/upgrade.sh [-m usr2|systemd] [-w WAITERS] [-u RESTARTS] [-s SHARED_BENCH_DIR]
 set -euo pipefail
 
+mode=usr2
 waiters=1000
 upgrades=10
 top=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_BENCH:-$top/../shared/bench}
-while getopts "w:u:s:h" opt; do
+while getopts "m:w:u:s:h" opt; do
 	case $opt in
+	m) mode=$OPTARG ;;
 	w) waiters=$OPTARG ;;
 	u) upgrades=$OPTARG ;;
 	s) shared=$OPTARG ;;
-	*) sed -n '2,7p' "$0"; exit 2 ;;
+	*) sed -n '2,10p' "$0"; exit 2 ;;
 	esac
 done
+case $mode in
+usr2 | systemd) ;;
+*) echo "-m usr2 or -m systemd, not $mode" >&2; exit 2 ;;
+esac
 
 . "$top/bench/common.sh"
 build_tools
 log=$work/broker.log
-start_broker --ctl-socket "$work/ctl" --log-file "$log"
+secs=$((upgrades * 2 + 6))
+if [ "$mode" = usr2 ]; then
+	start_broker --ctl-socket "$work/ctl" --log-file "$log"
+	cpu=(-p "$bpid")
+else
+	mkfifo "$work/mhold"
+	"$work/loadtool" manager -D "$work" -b "$work/one-socket" -n "$upgrades" -i 2s \
+		-- --fdstore --log-file "$log" <"$work/mhold" >"$work/manager.out" &
+	mpid=$!
+	exec 8>"$work/mhold"
+	for _ in $(seq 200); do grep -q ready "$work/manager.out" 2>/dev/null && break; sleep 0.05; done
+	grep -q ready "$work/manager.out" || { echo "the manager did not start the broker" >&2; exit 1; }
+	sock=$work/one.socket
+	cpu=() # a new pid at each restart
+fi
 
 mkfifo "$work/hold"
 "$work/loadtool" waiters -s "$sock" -n "$waiters" <"$work/hold" >"$work/waiters.out" &
@@ -30,24 +53,36 @@ wpid=$!
 exec 9>"$work/hold"
 for _ in $(seq 200); do grep -q parked "$work/waiters.out" 2>/dev/null && break; sleep 0.05; done
 
-secs=$((upgrades * 2 + 6))
-"$work/spload" -s "$sock" -t 2 -d "$secs" -p "$bpid" >"$work/spload.out" &
+"$work/spload" -s "$sock" -t 2 -d "$secs" "${cpu[@]}" >"$work/spload.out" &
 spid=$!
 sleep 2
-for i in $(seq "$upgrades"); do
-	kill -USR2 "$bpid"
-	for _ in $(seq 200); do
-		[ "$(grep -c 'msg=upgraded' "$log")" -ge "$i" ] && break
-		sleep 0.05
+if [ "$mode" = usr2 ]; then
+	for i in $(seq "$upgrades"); do
+		kill -USR2 "$bpid"
+		for _ in $(seq 200); do
+			[ "$(grep -c 'msg=upgraded' "$log")" -ge "$i" ] && break
+			sleep 0.05
+		done
+		[ "$(grep -c 'msg=upgraded' "$log")" -ge "$i" ] || { echo "upgrade $i did not complete" >&2; exit 1; }
+		sleep 1.5
 	done
-	[ "$(grep -c 'msg=upgraded' "$log")" -ge "$i" ] || { echo "upgrade $i did not complete" >&2; exit 1; }
-	sleep 1.5
-done
+else
+	echo go >&8
+	for _ in $(seq $((secs * 20))); do grep -q '^restarts=' "$work/manager.out" && break; sleep 0.05; done
+fi
 wait "$spid" || true
 exec 9>&-
 wait "$wpid" || true
 
-echo "upgrades=$(grep -c 'msg=upgraded' "$log") pid_unchanged=$(kill -0 "$bpid" && echo yes)"
+if [ "$mode" = usr2 ]; then
+	echo "upgrades=$(grep -c 'msg=upgraded' "$log") pid_unchanged=$(kill -0 "$bpid" && echo yes)"
+else
+	exec 8>&-
+	wait "$mpid" || true
+	grep '^restarts=' "$work/manager.out" || { echo "the restarts did not complete:" >&2; cat "$work/manager.out" >&2; }
+	echo "down_ms: $(grep -o 'down_ms=[0-9.]*' "$work/manager.out" | cut -d= -f2 | tr '\n' ' ')"
+	echo "taken back: $(grep -o 'clients taken back.*' "$log" | sed -E 's/.* (clients=[0-9]+ stored=[0-9]+ hung_up=[0-9]+).*/\1/' | sort | uniq -c | tr '\n' ';')"
+fi
 echo "spload: $(cat "$work/spload.out")"
-cat "$work/waiters.out" | grep -v parked
+grep -v parked "$work/waiters.out"
 grep -E 'level=(WARN|ERROR)' "$log" || true

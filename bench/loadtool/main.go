@@ -4,6 +4,10 @@
 //	loadtool waiters -s SOCKET -n N     park N waiters, then on stdin EOF pair
 //	                                    each with a fresh partner and report
 //	loadtool hostile -s SOCKET -d DUR   misbehave at a steady rate for DUR
+//	loadtool manager -D DIR -b BIN -n N -i DUR -- ARGS...
+//	                                    run BIN ARGS as systemd would, with
+//	                                    sockets and a file descriptor store
+//	                                    in DIR, and restart it N times
 //
 // It speaks the protocol with raw system calls and libspbroker's encoder.
 package main
@@ -26,7 +30,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadtool waiters|hostile [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadtool waiters|hostile|manager [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -34,6 +38,9 @@ func main() {
 	n := fs.Int("n", 1000, "waiters to park")
 	dur := fs.Duration("d", time.Minute, "how long to misbehave")
 	rate := fs.Int("r", 200, "hostile connections per second")
+	dir := fs.String("D", "", "manager: the directory of the sockets")
+	bin := fs.String("b", "", "manager: the daemon's binary")
+	every := fs.Duration("i", 2*time.Second, "manager: time between restarts")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
@@ -41,6 +48,8 @@ func main() {
 		err = waiters(*sock, *n)
 	case "hostile":
 		err = hostile(*sock, *dur, *rate)
+	case "manager":
+		err = manage(*dir, *bin, *n, *every, fs.Args())
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -2,15 +2,11 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,234 +15,39 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
-// fakeManager plays systemd's part in a restart that keeps clients: it
-// owns the broker and control sockets, as socket units do; it reads the
-// daemon's notify messages, keeps the descriptors of FDSTORE=1 messages
-// under their FDNAME (dropping duplicates and, like systemd, any that hung
-// up), removes them at FDSTOREREMOVE=1 and answers BARRIER=1; and it starts
-// each instance with the sockets and then the store in LISTEN_FDS.
-type fakeManager struct {
-	t               *testing.T
-	dir             string
-	brokerPath      string
-	ctlPath         string
-	sockets         []*os.File // passed first, named broker and control
-	notify          *net.UnixConn
-	notifyPath      string
-	msgs            chan string
-	mu              sync.Mutex
-	store           []storedFD
-	storeMsgs, rems int
+// manager is testutil.Manager, systemd's part in a restart that keeps
+// clients, tied to a test.
+type manager struct {
+	*testutil.Manager
+	t *testing.T
 }
 
-// storedFD is one descriptor in the fake store.
-type storedFD struct {
-	f    *os.File
-	name string
-}
-
-func newFakeManager(t *testing.T, sockets bool) *fakeManager {
-	dir := t.TempDir()
-	m := &fakeManager{t: t, dir: dir, brokerPath: filepath.Join(dir, "one.socket"), ctlPath: filepath.Join(dir, "one.ctl"),
-		notifyPath: filepath.Join(dir, "notify"), msgs: make(chan string, 1024)}
-	if sockets {
-		for _, p := range []string{m.brokerPath, m.ctlPath} {
-			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
-			require.NoError(t, err)
-			f, err := ln.File()
-			require.NoError(t, err)
-			ln.SetUnlinkOnClose(false)
-			ln.Close() // f keeps the socket; the file stays, as RemoveOnStop= would until the unit stops
-			m.sockets = append(m.sockets, f)
-			t.Cleanup(func() { f.Close() })
-		}
-	}
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: m.notifyPath, Net: "unixgram"})
+func newManager(t *testing.T, sockets bool) *manager {
+	m, err := testutil.NewManager(t.TempDir(), sockets)
 	require.NoError(t, err)
-	m.notify = c
-	done := make(chan struct{})
-	go m.receive(done)
-	t.Cleanup(func() {
-		c.Close()
-		<-done
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for _, s := range m.store {
-			s.f.Close()
-		}
-	})
-	return m
+	t.Cleanup(m.Close)
+	return &manager{m, t}
 }
 
-// receive handles notify messages until the socket closes.
-func (m *fakeManager) receive(done chan struct{}) {
-	defer close(done)
-	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(scmMaxFDs*4))
-	for {
-		n, oobn, _, _, err := m.notify.ReadMsgUnix(buf, oob)
-		if err != nil {
-			return
-		}
-		var fds []int
-		if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, cm := range cms {
-				if r, err := unix.ParseUnixRights(&cm); err == nil {
-					fds = append(fds, r...)
-				}
-			}
-		}
-		text := string(buf[:n])
-		vars := map[string]string{}
-		for line := range strings.SplitSeq(text, "\n") {
-			if k, v, ok := strings.Cut(line, "="); ok {
-				vars[k] = v
-			}
-		}
-		m.mu.Lock()
-		switch {
-		case vars["FDSTORE"] == "1":
-			m.storeMsgs++
-			name := vars["FDNAME"]
-			if name == "" {
-				name = "stored"
-			}
-			for _, fd := range fds {
-				if m.holdsLocked(fd) {
-					unix.Close(fd)
-					continue
-				}
-				m.store = append(m.store, storedFD{os.NewFile(uintptr(fd), name), name})
-			}
-		case vars["FDSTOREREMOVE"] == "1":
-			m.rems++
-			kept := m.store[:0]
-			for _, s := range m.store {
-				if s.name == vars["FDNAME"] {
-					s.f.Close()
-				} else {
-					kept = append(kept, s)
-				}
-			}
-			m.store = kept
-		default:
-			// BARRIER=1's pipe, and anything else: closing is the answer.
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-		}
-		m.mu.Unlock()
-		m.msgs <- text
-	}
-}
-
-// holdsLocked reports whether the store has fd's file already.
-func (m *fakeManager) holdsLocked(fd int) bool {
-	var a unix.Stat_t
-	if unix.Fstat(fd, &a) != nil {
-		return false
-	}
-	for _, s := range m.store {
-		var b unix.Stat_t
-		if unix.Fstat(int(s.f.Fd()), &b) == nil && a.Dev == b.Dev && a.Ino == b.Ino {
-			return true
-		}
-	}
-	return false
-}
-
-// names returns the FDNAME of every stored descriptor, in order.
-func (m *fakeManager) names() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var n []string
-	for _, s := range m.store {
-		n = append(n, s.name)
-	}
-	return n
-}
-
-// count returns how many stored descriptors are named name.
-func (m *fakeManager) count(name string) int {
-	n := 0
-	for _, s := range m.names() {
-		if s == name {
-			n++
-		}
-	}
-	return n
-}
-
-// waitFor returns the first message from now on that contains want.
-func (m *fakeManager) waitFor(want string) string {
+// waitFor returns the first notify message from now on with want.
+func (m *manager) waitFor(want string) string {
 	m.t.Helper()
-	timeout := time.After(20 * time.Second)
-	for {
-		select {
-		case msg := <-m.msgs:
-			if strings.Contains(msg, want) {
-				return msg
-			}
-		case <-timeout:
-			m.t.Fatalf("no notify message with %q", want)
-		}
-	}
+	msg, err := m.WaitFor(want, 20*time.Second)
+	require.NoError(m.t, err)
+	return msg
 }
 
-// start runs an instance as systemd would: LISTEN_PID is the instance's
-// own pid (a shell sets it and execs), the sockets come first and the
-// store after them, with their names in LISTEN_FDNAMES. Stored
-// connections whose peer hung up are dropped first, as systemd drops a
-// stored descriptor on POLLHUP.
-func (m *fakeManager) start(args ...string) *daemon {
+// start starts an instance of the daemon with args and waits for READY=1.
+func (m *manager) start(args ...string) *daemon {
 	m.t.Helper()
-	m.mu.Lock()
-	kept := m.store[:0]
-	for _, s := range m.store {
-		pfd := []unix.PollFd{{Fd: int32(s.f.Fd())}}
-		if k, _ := unix.Poll(pfd, 0); k > 0 && pfd[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
-			s.f.Close()
-			continue
-		}
-		kept = append(kept, s)
-	}
-	m.store = kept
-	files := append([]*os.File{}, m.sockets...)
-	var names []string
-	if len(m.sockets) > 0 {
-		names = []string{fdNameBroker, fdNameControl}
-	}
-	// Duplicates, so that the store may drop its copies at any time.
-	var dups []*os.File
-	for _, s := range m.store {
-		fd, err := unix.FcntlInt(s.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		require.NoError(m.t, err)
-		dups = append(dups, os.NewFile(uintptr(fd), s.name))
-		names = append(names, s.name)
-	}
-	m.mu.Unlock()
-	files = append(files, dups...)
-	defer func() {
-		for _, f := range dups {
-			f.Close()
-		}
-	}()
-
-	env := []string{"NOTIFY_SOCKET=" + m.notifyPath}
-	if len(files) > 0 {
-		env = append(env, fmt.Sprintf("LISTEN_FDS=%d", len(files)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
-	}
-	script := `export LISTEN_PID=$$; exec "$@"`
-	if len(files) == 0 {
-		script = `exec "$@"`
-	}
-	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "sh", daemonBin}, args...)...)
-	cmd.Env = daemonEnv(env...)
-	cmd.ExtraFiles = files
-	d := start(m.t, cmd, m.brokerPath, "one-socket")
+	d := &daemon{t: m.t, done: make(chan struct{}), path: m.BrokerPath, cmd: exec.Command(daemonBin, args...)}
+	d.cmd.Stdout, d.cmd.Stderr = &d.stdout, &d.stderr
+	require.NoError(m.t, m.Start(d.cmd, daemonEnv()))
+	d.watch("one-socket")
 	m.waitFor("READY=1")
 	return d
 }
@@ -265,23 +66,23 @@ func storedClients(t *testing.T, stderr string) string {
 // daemon runs are all paired by the next instance; one that hung up
 // meanwhile is not, and harms nobody.
 func TestIntegrationFDStoreRestart(t *testing.T) {
-	m := newFakeManager(t, true)
+	m := newManager(t, true)
 	d1 := m.start("--fdstore")
-	ws := startWaiters(t, m.brokerPath, 40)
-	gone := startWaiters(t, m.brokerPath, 1)[0]
+	ws := startWaiters(t, m.BrokerPath, 40)
+	gone := startWaiters(t, m.BrokerPath, 1)[0]
 	halfKey := uniqueKey("half")
 	wire := getPairWire(halfKey, spb.ModeServer)
-	half, err := net.Dial("unix", m.brokerPath)
+	half, err := net.Dial("unix", m.BrokerPath)
 	require.NoError(t, err)
 	defer half.Close()
 	_, err = half.Write(wire[:100])
 	require.NoError(t, err)
-	waitWaiting(t, m.ctlPath, 41)
+	waitWaiting(t, m.CtlPath, 41)
 
 	require.Equal(t, 0, d1.stop(syscall.SIGTERM))
 	assert.Equal(t, "42/0", storedClients(t, d1.stderr.String()), "the sockets are the manager's: not stored again")
-	assert.Equal(t, 42, m.count(fdNameClient))
-	assert.Equal(t, 1, m.count(fdNameState))
+	assert.Equal(t, 42, m.Count(fdNameClient))
+	assert.Equal(t, 1, m.Count(fdNameState))
 	assert.Equal(t, 42, int(logCounter(t, d1.stderr.String(), "accepted")))
 
 	// While no daemon runs: one waiter gives up, the half request is
@@ -289,30 +90,30 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	gone.conn.Close()
 	_, err = half.Write(wire[100:])
 	require.NoError(t, err)
-	late := startWaiters(t, m.brokerPath, 1)
+	late := startWaiters(t, m.BrokerPath, 1)
 
 	d2 := m.start("--fdstore")
 	line := d2.waitLog("clients taken back from the service manager")
 	assert.Contains(t, line, "clients=41 stored=42 hung_up=1 unknown=0")
 	m.waitFor("FDNAME=" + fdNameState) // the last FDSTOREREMOVE
-	assert.Empty(t, m.names(), "the new instance emptied the store of what it took")
+	assert.Empty(t, m.Names(), "the new instance emptied the store of what it took")
 
-	pairWaiters(t, m.brokerPath, append(ws, late...))
+	pairWaiters(t, m.BrokerPath, append(ws, late...))
 	// The half-sent request became a waiter like the others.
 	hc, ok := half.(*net.UnixConn)
 	require.True(t, ok)
-	f, err := spb.GetPair(t.Context(), m.brokerPath, halfKey, spb.ModeClient)
+	f, err := spb.GetPair(t.Context(), m.BrokerPath, halfKey, spb.ModeClient)
 	require.NoError(t, err)
 	defer f.Close()
 	g := receiveSetPair(t, hc)
 	defer g.Close()
 	expectConnected(t, f, g)
-	pairOnce(t, m.brokerPath)
+	pairOnce(t, m.BrokerPath)
 
 	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
 	assert.Equal(t, "0/0", storedClients(t, d2.stderr.String()))
 	assert.Equal(t, 43, int(logCounter(t, d2.stderr.String(), "paired")))
-	assert.Empty(t, m.names())
+	assert.Empty(t, m.Names())
 }
 
 // receiveSetPair reads a SET_PAIR on a raw connection and returns the
@@ -337,23 +138,23 @@ func receiveSetPair(t *testing.T, c *net.UnixConn) *os.File {
 // the next instance listens on the same sockets and a client that
 // connects in between waits rather than being refused.
 func TestIntegrationFDStoreOwnSockets(t *testing.T) {
-	m := newFakeManager(t, false)
-	args := []string{"--fdstore", "--socket", m.brokerPath, "--ctl-socket", m.ctlPath}
+	m := newManager(t, false)
+	args := []string{"--fdstore", "--socket", m.BrokerPath, "--ctl-socket", m.CtlPath}
 	d1 := m.start(args...)
-	ws := startWaiters(t, m.brokerPath, 5)
-	waitWaiting(t, m.ctlPath, 5)
+	ws := startWaiters(t, m.BrokerPath, 5)
+	waitWaiting(t, m.CtlPath, 5)
 	require.Equal(t, 0, d1.stop(syscall.SIGTERM))
 	assert.Equal(t, "5/2", storedClients(t, d1.stderr.String()))
-	requireSocket(t, m.brokerPath)
-	requireSocket(t, m.ctlPath)
+	requireSocket(t, m.BrokerPath)
+	requireSocket(t, m.CtlPath)
 
-	late := startWaiters(t, m.brokerPath, 1) // queued in the stored listener
+	late := startWaiters(t, m.BrokerPath, 1) // queued in the stored listener
 	d2 := m.start(args...)
 	assert.Contains(t, d2.waitLog("one-socket started"), "activated=true")
 	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=5 stored=5 ")
-	pairWaiters(t, m.brokerPath, append(ws, late...))
-	waitWaiting(t, m.ctlPath, 0)
-	assert.ElementsMatch(t, []string{fdNameBroker, fdNameControl}, m.names(), "the listeners stay in the store")
+	pairWaiters(t, m.BrokerPath, append(ws, late...))
+	waitWaiting(t, m.CtlPath, 0)
+	assert.ElementsMatch(t, []string{fdNameBroker, fdNameControl}, m.Names(), "the listeners stay in the store")
 
 	// A stop for good: the manager closes its store, as systemd does
 	// once the unit is inactive; the next start serves the stale path.
@@ -375,31 +176,31 @@ func TestIntegrationFDStoreBadState(t *testing.T) {
 		{"other version", `{"version":99,"saved":"2026-01-01T00:00:00Z","conns":[],"counts":{"clients":0,"listeners":0}}`, "version 99"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newFakeManager(t, true)
+			m := newManager(t, true)
 			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			require.NoError(t, err)
 			require.NoError(t, unix.SetNonblock(pair[0], true)) // for the read deadline
 			peer := os.NewFile(uintptr(pair[0]), "peer")
 			defer peer.Close()
-			m.store = append(m.store, storedFD{os.NewFile(uintptr(pair[1]), fdNameClient), fdNameClient})
+			m.Add(os.NewFile(uintptr(pair[1]), fdNameClient), fdNameClient)
 			if tt.state != "" {
 				mfd, err := unix.MemfdCreate("state", unix.MFD_CLOEXEC)
 				require.NoError(t, err)
 				require.NoError(t, writeAll(mfd, []byte(tt.state)))
-				m.store = append(m.store, storedFD{os.NewFile(uintptr(mfd), fdNameState), fdNameState})
+				m.Add(os.NewFile(uintptr(mfd), fdNameState), fdNameState)
 			}
 			d := m.start("--fdstore")
 			assert.Contains(t, d.waitLog("cannot take back the stored clients"), tt.want)
 			d.waitLog("clients taken back from the service manager")
 			m.waitFor("FDSTOREREMOVE=1\nFDNAME=" + fdNameState)
-			assert.Empty(t, m.names())
+			assert.Empty(t, m.Names())
 			// The stored connection is closed everywhere, in the daemon and
 			// in the store: its peer reads end of file.
 			require.NoError(t, peer.SetReadDeadline(time.Now().Add(10*time.Second)))
 			n, err := peer.Read(make([]byte, 1))
 			assert.Equal(t, 0, n)
 			assert.ErrorIs(t, err, io.EOF)
-			pairOnce(t, m.brokerPath)
+			pairOnce(t, m.BrokerPath)
 			require.Equal(t, 0, d.stop(syscall.SIGTERM))
 		})
 	}

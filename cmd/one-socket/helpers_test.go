@@ -113,6 +113,14 @@ func start(t *testing.T, cmd *exec.Cmd, path, label string) *daemon {
 	d.cmd.Stdout = &d.stdout
 	d.cmd.Stderr = &d.stderr
 	require.NoError(t, d.cmd.Start())
+	d.watch(label)
+	return d
+}
+
+// watch reaps the started process, and kills it at cleanup if it is still
+// running; label names its output in the log of a failed test.
+func (d *daemon) watch(label string) {
+	t := d.t
 	go func() {
 		d.cmd.Wait()
 		close(d.done)
@@ -128,7 +136,6 @@ func start(t *testing.T, cmd *exec.Cmd, path, label string) *daemon {
 			t.Logf("%s stderr:\n%s", label, d.stderr.String())
 		}
 	})
-	return d
 }
 
 // startDaemon starts a daemon listening on path (passed as --socket, before
