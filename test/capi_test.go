@@ -72,10 +72,11 @@ func TestConformance(t *testing.T) {
 		vg := requireTool(t, "valgrind")
 		wrap := []string{vg, "--quiet", "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
 			"--errors-for-leak-kinds=definite,indirect,possible", "--error-exitcode=1", "--track-fds=yes"}
-		// The control first: a program that leaks on purpose must be
-		// caught, or an empty report below would prove nothing. Whether a
-		// clean run prints a report at all depends on valgrind's release.
-		leaky := run(t, time.Minute, nil, append(append([]string{}, wrap...), fdLeaker(t))...)
+		// The control first: a program that leaks two descriptors on
+		// purpose (test/fdleak.c) must be caught, or an empty report below
+		// would prove nothing. Whether a clean run prints a report at all
+		// depends on valgrind's release.
+		leaky := run(t, time.Minute, nil, append(append([]string{}, wrap...), standalone(t, "fdleak"))...)
 		require.Len(t, createdFDs(leaky.output), 2, "valgrind --track-fds missed the control's two descriptors:\n%s", leaky.output)
 
 		res := conformance(t, cArchive(t, false), 3*time.Minute, wrap)
@@ -278,20 +279,6 @@ func createdFDs(output string) []string {
 		}
 	}
 	return created
-}
-
-// fdLeaker builds test/fdleak.c, which exits with two descriptors of its
-// own open.
-func fdLeaker(t *testing.T) string {
-	requireTool(t, "cc")
-	return once(t, "fdleak", func() (string, error) {
-		out := filepath.Join(workDir, "bin", "fdleak")
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-			return "", err
-		}
-		args := append(append([]string{}, cWarnings...), "-o", out, "fdleak.c")
-		return out, runBuild(filepath.Join(repoRoot, "test"), nil, "cc", args...)
-	})
 }
 
 // TestCreatedFDs checks the reading of valgrind's descriptor report, on

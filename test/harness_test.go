@@ -310,14 +310,18 @@ func program(t *testing.T, l lib, name string) string {
 
 // runnerBin builds test/runner.c, which runs a program with a time limit
 // and reaps every process it leaves.
-func runnerBin(t *testing.T) string {
+func runnerBin(t *testing.T) string { return standalone(t, "runner") }
+
+// standalone builds test/NAME.c, a program of its own that links no
+// library, once.
+func standalone(t *testing.T, name string) string {
 	requireTool(t, "cc")
-	return once(t, "runner", func() (string, error) {
-		out := filepath.Join(workDir, "bin", "runner")
+	return once(t, name, func() (string, error) {
+		out := filepath.Join(workDir, "bin", name)
 		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 			return "", err
 		}
-		args := append(append([]string{}, cWarnings...), "-o", out, "runner.c")
+		args := append(append([]string{}, cWarnings...), "-o", out, name+".c")
 		return out, runBuild(filepath.Join(repoRoot, "test"), nil, "cc", args...)
 	})
 }

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"time"
@@ -264,15 +262,9 @@ func takeStored(act *activated, now time.Time) (*restored, error) {
 
 // readStoredState reads and checks a stored description.
 func readStoredState(f *os.File) (*storedState, error) {
-	data, err := io.ReadAll(io.NewSectionReader(f, 0, maxHandover))
-	if err != nil {
-		return nil, err
-	}
 	var desc storedState
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&desc); err != nil {
-		return nil, fmt.Errorf("malformed: %w", err)
+	if err := readDescription(f, &desc); err != nil {
+		return nil, err
 	}
 	if desc.Version != storeVersion {
 		return nil, fmt.Errorf("version %d, this daemon reads %d", desc.Version, storeVersion)

@@ -132,15 +132,9 @@ func takeHandover() (*handover, error) {
 	unix.CloseOnExec(fd)
 	f := os.NewFile(uintptr(fd), "handover")
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(io.NewSectionReader(f, 0, maxHandover), maxHandover))
-	if err != nil {
-		return nil, fmt.Errorf("reading the handover: %w", err)
-	}
 	var h handover
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&h); err != nil {
-		return nil, fmt.Errorf("malformed handover: %w", err)
+	if err := readDescription(f, &h); err != nil {
+		return nil, fmt.Errorf("handover: %w", err)
 	}
 	if h.Version != handoverVersion {
 		return nil, fmt.Errorf("handover version %d, expected %d", h.Version, handoverVersion)
@@ -165,6 +159,22 @@ func takeHandover() (*handover, error) {
 		unix.CloseOnExec(fd)
 	}
 	return &h, nil
+}
+
+// readDescription decodes the JSON in memfd f into v, refusing fields v
+// does not have: a description this program cannot read in full is not
+// taken over at all.
+func readDescription(f *os.File, v any) error {
+	data, err := io.ReadAll(io.NewSectionReader(f, 0, maxHandover))
+	if err != nil {
+		return fmt.Errorf("reading: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed: %w", err)
+	}
+	return nil
 }
 
 // setCloexec sets or clears FD_CLOEXEC on every fd.
