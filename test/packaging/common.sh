@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: Apache-2.0
+#
+# common.sh - sourced by the scripts in test/packaging/, never run.
+#
+# Provides: root (the repository), skip, fail, need, find_go,
+# meson_version, export_tree and make_tarball. The scripts set -euo
+# pipefail themselves.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+prog=${0##*/}
+
+# skip WHY...: the test cannot run here; 77 is the "skipped" status.
+skip() {
+	echo "$prog: SKIP: $*" >&2
+	exit 77
+}
+
+fail() {
+	echo "$prog: FAIL: $*" >&2
+	exit 1
+}
+
+# need TOOL DEBIAN-PACKAGE...: pairs of a command and the Debian package
+# that has it; skips, naming every missing package, if any is absent.
+need() {
+	local missing=()
+	while [ $# -ge 2 ]; do
+		command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+		shift 2
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		skip "missing tools; install them with: apt-get install --no-install-recommends ${missing[*]}"
+	fi
+}
+
+# find_go prints the go command the package builds will use: $GO, else
+# go on PATH, else /usr/local/go/bin/go (debian/rules and the spec look
+# in the same order).
+find_go() {
+	local go=${GO:-}
+	if [ -z "$go" ]; then
+		go=$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+	fi
+	"$go" version >/dev/null 2>&1 || return 1
+	echo "$go"
+}
+
+# meson_version prints version: from the project() call of meson.build.
+meson_version() {
+	local v
+	v=$(sed -n "s/^[[:space:]]*version:[[:space:]]*'\([^']*\)'.*/\1/p" "$root/meson.build" | head -n 1)
+	[ -n "$v" ] || fail "no version: '...' line in meson.build"
+	echo "$v"
+}
+
+# export_tree DIR: copy the source tree into DIR (created). By default
+# that is every file git tracks, as it is now in the working tree (edits
+# included, untracked files left out); with ONE_SOCKET_PKG_SOURCE=HEAD it
+# is the last commit. Neither touches the index, a ref or the tree.
+export_tree() {
+	local dest=$1
+	mkdir -p "$dest"
+	case ${ONE_SOCKET_PKG_SOURCE:-worktree} in
+	HEAD)
+		git -C "$root" archive --format=tar HEAD | tar -xf - -C "$dest"
+		;;
+	worktree)
+		# A tracked file deleted in the working tree is left out.
+		(
+			cd "$root"
+			git ls-files -z --cached | while IFS= read -r -d '' f; do
+				if [ -e "$f" ] || [ -L "$f" ]; then
+					printf '%s\0' "$f"
+				fi
+			done | tar --null --no-recursion -T - -cf -
+		) | tar -xf - -C "$dest"
+		;;
+	*)
+		fail "ONE_SOCKET_PKG_SOURCE must be worktree or HEAD, not '$ONE_SOCKET_PKG_SOURCE'"
+		;;
+	esac
+}
+
+# make_tarball FILE PREFIX WORKDIR: FILE, a tar.gz of the same tree with
+# every path under PREFIX/ (what the RPM spec's Source0 is); the tree is
+# staged in WORKDIR, which the caller removes.
+make_tarball() {
+	local file=$1 prefix=$2 work=$3
+	export_tree "$work/$prefix"
+	tar -C "$work" --owner=0 --group=0 --sort=name -czf "$file" "$prefix"
+}
