@@ -146,7 +146,7 @@ func writeGuideModule(t *testing.T, dir string) {
 	for _, r := range requires {
 		fmt.Fprintf(&mod, "require %s\n", r)
 	}
-	fmt.Fprintf(&mod, "\nreplace %s => %s\n", modulePath, repoRoot)
+	fmt.Fprintf(&mod, "\nreplace %s => %q\n", modulePath, repoRoot)
 	writeFile(t, filepath.Join(dir, "go.mod"), mod.String())
 	sum, err := os.ReadFile(filepath.Join(repoRoot, "go.sum"))
 	if err != nil {
