@@ -281,8 +281,14 @@ def _receive_set_pair(sock: socket.socket, deadline: Optional[float]) -> socket.
             raise
         if msg.u64 != 0:
             raise PayloadError("u64", msg.u64)
-        peer = socket.socket(fileno=fds[0])
-        fds.clear()  # the socket object owns it now
+        # Exactly one descriptor is left. Hand it from fds to the socket
+        # object without a moment when both would close it.
+        fd = fds.pop()
+        try:
+            peer = socket.socket(fileno=fd)  # ENOTSOCK for anything else
+        except BaseException:
+            os.close(fd)
+            raise
         peer.setblocking(True)
         return peer
     finally:
@@ -311,9 +317,7 @@ def get_pair(path: PathArg, key: Key, mode: int, timeout: Optional[float] = None
     try:
         send_get_pair(sock, key, mode)
         if not _wait(sock, select.POLLIN, deadline):
-            raise TimeoutError(
-                errno.ETIMEDOUT, "spbroker: no peer for key %r (mode %s) within %gs" % (key, mode, timeout)
-            )
+            raise TimeoutError(errno.ETIMEDOUT, "spbroker: no peer for key %r (mode %s) within %gs" % (key, mode, timeout or 0))
         return _receive_set_pair(sock, deadline)
     finally:
         sock.close()

@@ -15,6 +15,7 @@ Every error a call can meet falls in one of two families:
 from __future__ import annotations
 
 import errno
+from typing import Any, Tuple
 
 __all__ = [
     "ProtocolError",
@@ -75,7 +76,7 @@ class ProtocolError(OSError):
         # OSError would print "[Errno 71] ..."; the text alone says more.
         return self._text()
 
-    def __reduce__(self):  # keep pickling (multiprocessing) working
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:  # keep pickling (multiprocessing) working
         return (type(self), (self.field, self.value, self.detail))
 
 
@@ -174,7 +175,7 @@ class BrokerClosedError(ConnectionResetError):
     def __str__(self) -> str:
         return self.strerror
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         return (type(self), (self.received,))
 
 
@@ -188,7 +189,7 @@ class IncompleteMessageError(TimeoutError):
     def __str__(self) -> str:
         return self.strerror
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         return (type(self), (self.waited,))
 
 
