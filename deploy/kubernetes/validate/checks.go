@@ -1,0 +1,857 @@
+package validate
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/one-socket/one-socket/internal/policy"
+	"github.com/one-socket/one-socket/libspbroker"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Want is what the manifests must agree with outside themselves.
+type Want struct {
+	// Image is the image every container runs.
+	Image string
+	// Version is the project's version (meson.build): the value of any
+	// app.kubernetes.io/version label.
+	Version string
+}
+
+// Deployment is the decoded manifests with the pod specs and the broker
+// found in them.
+type Deployment struct {
+	Objects []Object
+	Pods    []*Pod
+	Broker  *Broker // nil when no broker DaemonSet was found
+}
+
+// Pod is one pod spec: a Pod's, or a workload's pod template.
+type Pod struct {
+	Owner     Object
+	Namespace string
+	Name      string // the Pod's or the workload's name
+	Labels    map[string]string
+	Spec      *corev1.PodSpec
+}
+
+func (p *Pod) String() string { return p.Owner.String() }
+
+// Broker is the broker's DaemonSet, read.
+type Broker struct {
+	Pod       *Pod
+	Container *corev1.Container
+	// Init is the init container that gives the socket directory to the
+	// broker.
+	Init *corev1.Container
+	// The daemon's flags, by name without dashes.
+	Flags map[string]string
+	// Socket is --socket, Dir its directory (the hostPath), CtlSocket
+	// --ctl-socket.
+	Socket, Dir, CtlSocket string
+	// PolicyFile is --policy, PolicyText the ConfigMap's text for it.
+	PolicyFile, PolicyText string
+	Policy                 *policy.Policy
+	// SocketGroup is --socket-group; UID and GID are the broker's.
+	SocketGroup, UID, GID int64
+	// DirOwner, DirGroup and DirMode are what the init container gives
+	// the directory.
+	DirOwner, DirGroup int64
+	DirMode            os.FileMode
+}
+
+// Client is a pod that uses the broker socket.
+type Client struct {
+	Pod       *Pod
+	Container *corev1.Container
+	UID, GID  int64
+	// Key and Mode are the pod's PAIR_KEY and PAIR_MODE, when it has them.
+	Key  string
+	Mode libspbroker.Mode
+}
+
+// report collects problems; each names the object it is about.
+type report struct{ errs []error }
+
+func (r *report) add(where fmt.Stringer, format string, args ...any) {
+	r.errs = append(r.errs, fmt.Errorf("%s: %s", where, fmt.Sprintf(format, args...)))
+}
+
+// Check analyses the decoded manifests and returns the deployment and
+// every problem found. A deployment is returned even with problems, as
+// far as it could be read.
+func Check(objs []Object, want Want) (*Deployment, []error) {
+	r := &report{}
+	d := &Deployment{Objects: objs}
+	checkObjects(r, objs, want)
+	d.Pods = podsOf(objs)
+	for _, p := range d.Pods {
+		checkPod(r, objs, p, want)
+	}
+	for _, o := range objs {
+		if ds, ok := o.Obj.(*appsv1.DaemonSet); ok {
+			checkDaemonSet(r, o, ds)
+		}
+	}
+	d.Broker = findBroker(r, d.Pods)
+	if d.Broker != nil {
+		checkBroker(r, objs, d.Broker)
+		checkClients(r, d)
+	}
+	return d, r.errs
+}
+
+// clusterScoped are the kinds that live in no namespace.
+var clusterScoped = map[string]bool{
+	"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true,
+	"PriorityClass": true, "ValidatingAdmissionPolicy": true,
+	"ValidatingAdmissionPolicyBinding": true, "MutatingWebhookConfiguration": true,
+	"ValidatingWebhookConfiguration": true, "PersistentVolume": true,
+	"IngressClass": true, "Node": true,
+}
+
+// checkObjects checks names, namespaces and labels.
+func checkObjects(r *report, objs []Object, want Want) {
+	namespaces := map[string]bool{}
+	for _, o := range objs {
+		if o.Kind() == "Namespace" {
+			namespaces[o.Meta().GetName()] = true
+		}
+	}
+	seen := map[string]Object{}
+	for _, o := range objs {
+		m := o.Meta()
+		name := m.GetName()
+		check := validation.IsDNS1123Subdomain
+		if o.Kind() == "Namespace" {
+			check = validation.IsDNS1123Label
+		}
+		for _, msg := range check(name) {
+			r.add(o, "bad name %q: %s", name, msg)
+		}
+		ns := m.GetNamespace()
+		switch {
+		case clusterScoped[o.Kind()] && ns != "":
+			r.add(o, "a %s has no namespace, but namespace %q is set", o.Kind(), ns)
+		case !clusterScoped[o.Kind()] && ns == "":
+			// kubectl would put it in whatever namespace is current.
+			r.add(o, "no namespace set")
+		case !clusterScoped[o.Kind()] && !namespaces[ns]:
+			r.add(o, "namespace %q is not among the manifests", ns)
+		}
+		id := o.Kind() + " " + ns + "/" + name
+		if prev, dup := seen[id]; dup {
+			r.add(o, "defined twice (also %s)", prev)
+		}
+		seen[id] = o
+		checkLabels(r, o, m.GetLabels(), want)
+	}
+}
+
+func checkLabels(r *report, where fmt.Stringer, l map[string]string, want Want) {
+	for k, v := range l {
+		for _, msg := range validation.IsQualifiedName(k) {
+			r.add(where, "bad label name %q: %s", k, msg)
+		}
+		for _, msg := range validation.IsValidLabelValue(v) {
+			r.add(where, "bad value %q of label %s: %s", v, k, msg)
+		}
+	}
+	if v, ok := l["app.kubernetes.io/version"]; ok && v != want.Version {
+		r.add(where, "label app.kubernetes.io/version is %q, but the version is %q", v, want.Version)
+	}
+}
+
+// podsOf returns every pod spec in the manifests.
+func podsOf(objs []Object) []*Pod {
+	var pods []*Pod
+	add := func(o Object, labels map[string]string, spec *corev1.PodSpec) {
+		pods = append(pods, &Pod{Owner: o, Namespace: o.Meta().GetNamespace(),
+			Name: o.Meta().GetName(), Labels: labels, Spec: spec})
+	}
+	for _, o := range objs {
+		switch x := o.Obj.(type) {
+		case *corev1.Pod:
+			add(o, x.Labels, &x.Spec)
+		case *appsv1.DaemonSet:
+			add(o, x.Spec.Template.Labels, &x.Spec.Template.Spec)
+		case *appsv1.Deployment:
+			add(o, x.Spec.Template.Labels, &x.Spec.Template.Spec)
+		case *appsv1.StatefulSet:
+			add(o, x.Spec.Template.Labels, &x.Spec.Template.Spec)
+		}
+	}
+	return pods
+}
+
+// find returns the object of kind called name in namespace ns.
+func find(objs []Object, kind, ns, name string) (Object, bool) {
+	for _, o := range objs {
+		if o.Kind() == kind && o.Meta().GetNamespace() == ns && o.Meta().GetName() == name {
+			return o, true
+		}
+	}
+	return Object{}, false
+}
+
+// containers returns a pod's init containers, then its containers.
+func containers(spec *corev1.PodSpec) []*corev1.Container {
+	var cs []*corev1.Container
+	for i := range spec.InitContainers {
+		cs = append(cs, &spec.InitContainers[i])
+	}
+	for i := range spec.Containers {
+		cs = append(cs, &spec.Containers[i])
+	}
+	return cs
+}
+
+func isInit(spec *corev1.PodSpec, c *corev1.Container) bool {
+	for i := range spec.InitContainers {
+		if &spec.InitContainers[i] == c {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPod checks what every pod spec needs: volumes that exist and are
+// used, references that resolve, the image, and a locked-down container.
+func checkPod(r *report, objs []Object, p *Pod, want Want) {
+	checkLabels(r, p, p.Labels, want)
+	vols := map[string]*corev1.Volume{}
+	used := map[string]bool{}
+	for i := range p.Spec.Volumes {
+		v := &p.Spec.Volumes[i]
+		if vols[v.Name] != nil {
+			r.add(p, "volume %q declared twice", v.Name)
+		}
+		vols[v.Name] = v
+		if cm := v.ConfigMap; cm != nil {
+			o, ok := find(objs, "ConfigMap", p.Namespace, cm.Name)
+			if !ok {
+				r.add(p, "volume %q: no ConfigMap %q in namespace %q", v.Name, cm.Name, p.Namespace)
+				continue
+			}
+			data := o.Obj.(*corev1.ConfigMap).Data
+			for _, it := range cm.Items {
+				if _, ok := data[it.Key]; !ok {
+					r.add(p, "volume %q: ConfigMap %q has no key %q", v.Name, cm.Name, it.Key)
+				}
+			}
+			if cm.DefaultMode != nil && *cm.DefaultMode&0o002 != 0 {
+				r.add(p, "volume %q: files writable by everyone (defaultMode %#o); the broker refuses such a policy file", v.Name, *cm.DefaultMode)
+			}
+		}
+		if hp := v.HostPath; hp != nil {
+			if hp.Type == nil || (*hp.Type != corev1.HostPathDirectory && *hp.Type != corev1.HostPathDirectoryOrCreate) {
+				r.add(p, "volume %q: hostPath %s must have type Directory or DirectoryOrCreate: pods mount the broker's directory, not a file or socket in it", v.Name, hp.Path)
+			}
+		}
+	}
+	if sa := p.Spec.ServiceAccountName; sa != "" && sa != "default" {
+		if _, ok := find(objs, "ServiceAccount", p.Namespace, sa); !ok {
+			r.add(p, "no ServiceAccount %q in namespace %q", sa, p.Namespace)
+		}
+	}
+	names := map[string]bool{}
+	for _, c := range containers(p.Spec) {
+		if names[c.Name] {
+			r.add(p, "two containers called %q", c.Name)
+		}
+		names[c.Name] = true
+		for _, m := range c.VolumeMounts {
+			v := vols[m.Name]
+			if v == nil {
+				r.add(p, "container %s mounts volume %q, which the pod does not declare", c.Name, m.Name)
+				continue
+			}
+			used[m.Name] = true
+			if m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone {
+				r.add(p, "container %s: volume %q has mount propagation %s; nothing is mounted under it, so None will do", c.Name, m.Name, *m.MountPropagation)
+			}
+			if v.HostPath != nil {
+				if m.SubPath != "" || m.SubPathExpr != "" {
+					r.add(p, "container %s mounts part of hostPath %s (subPath): mount the whole directory", c.Name, v.HostPath.Path)
+				}
+				if m.MountPath != v.HostPath.Path {
+					r.add(p, "container %s mounts hostPath %s at %s: use the same path inside, so that paths mean the same in pods and on the node", c.Name, v.HostPath.Path, m.MountPath)
+				}
+			}
+			if v.ConfigMap != nil && !m.ReadOnly {
+				r.add(p, "container %s: mount ConfigMap volume %q read-only", c.Name, m.Name)
+			}
+		}
+		checkContainer(r, p, c, want)
+	}
+	for name := range vols {
+		if !used[name] {
+			r.add(p, "volume %q is mounted by no container", name)
+		}
+	}
+}
+
+// Effective security settings: the container's, else the pod's.
+
+func runAsUser(spec *corev1.PodSpec, c *corev1.Container) *int64 {
+	if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+		return c.SecurityContext.RunAsUser
+	}
+	if spec.SecurityContext != nil {
+		return spec.SecurityContext.RunAsUser
+	}
+	return nil
+}
+
+func runAsGroup(spec *corev1.PodSpec, c *corev1.Container) *int64 {
+	if c.SecurityContext != nil && c.SecurityContext.RunAsGroup != nil {
+		return c.SecurityContext.RunAsGroup
+	}
+	if spec.SecurityContext != nil {
+		return spec.SecurityContext.RunAsGroup
+	}
+	return nil
+}
+
+func runAsNonRoot(spec *corev1.PodSpec, c *corev1.Container) bool {
+	if c.SecurityContext != nil && c.SecurityContext.RunAsNonRoot != nil {
+		return *c.SecurityContext.RunAsNonRoot
+	}
+	return spec.SecurityContext != nil && spec.SecurityContext.RunAsNonRoot != nil && *spec.SecurityContext.RunAsNonRoot
+}
+
+func seccompRuntimeDefault(spec *corev1.PodSpec, c *corev1.Container) bool {
+	p := (*corev1.SeccompProfile)(nil)
+	if spec.SecurityContext != nil {
+		p = spec.SecurityContext.SeccompProfile
+	}
+	if c.SecurityContext != nil && c.SecurityContext.SeccompProfile != nil {
+		p = c.SecurityContext.SeccompProfile
+	}
+	return p != nil && p.Type == corev1.SeccompProfileTypeRuntimeDefault
+}
+
+// Groups returns the supplementary groups a pod's processes have:
+// supplementalGroups and fsGroup.
+func Groups(spec *corev1.PodSpec) []int64 {
+	var g []int64
+	if sc := spec.SecurityContext; sc != nil {
+		g = append(g, sc.SupplementalGroups...)
+		if sc.FSGroup != nil {
+			g = append(g, *sc.FSGroup)
+		}
+	}
+	return g
+}
+
+// UIDGID returns a container's effective uid and gid, or an error when
+// either is left to the image.
+func UIDGID(spec *corev1.PodSpec, c *corev1.Container) (uid, gid int64, err error) {
+	u, g := runAsUser(spec, c), runAsGroup(spec, c)
+	if u == nil || g == nil {
+		return 0, 0, fmt.Errorf("container %s: set runAsUser and runAsGroup: the policy and the socket's permissions depend on them", c.Name)
+	}
+	return *u, *g, nil
+}
+
+// initCapabilities are all an init container may add: those that give
+// the socket directory to the broker need.
+var initCapabilities = []corev1.Capability{"CHOWN", "FOWNER"}
+
+func checkContainer(r *report, p *Pod, c *corev1.Container, want Want) {
+	init := isInit(p.Spec, c)
+	if c.Image != want.Image {
+		r.add(p, "container %s runs image %q, not %q", c.Name, c.Image, want.Image)
+	}
+	if len(c.Command) == 0 {
+		r.add(p, "container %s: give the command; do not depend on the image's entry point", c.Name)
+	}
+	sc := c.SecurityContext
+	if sc == nil {
+		r.add(p, "container %s has no securityContext", c.Name)
+		return
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		r.add(p, "container %s: set allowPrivilegeEscalation: false", c.Name)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		r.add(p, "container %s: set readOnlyRootFilesystem: true", c.Name)
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		r.add(p, "container %s is privileged", c.Name)
+	}
+	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		r.add(p, "container %s: drop ALL capabilities", c.Name)
+	}
+	if sc.Capabilities != nil {
+		for _, add := range sc.Capabilities.Add {
+			if !init || !slices.Contains(initCapabilities, add) {
+				r.add(p, "container %s adds capability %s", c.Name, add)
+			}
+		}
+	}
+	if !seccompRuntimeDefault(p.Spec, c) {
+		r.add(p, "container %s: use the seccomp profile RuntimeDefault", c.Name)
+	}
+	if !init {
+		if !runAsNonRoot(p.Spec, c) {
+			r.add(p, "container %s: set runAsNonRoot: true", c.Name)
+		}
+		if _, _, err := UIDGID(p.Spec, c); err != nil {
+			r.add(p, "%v", err)
+		}
+		if u := runAsUser(p.Spec, c); u != nil && *u == 0 {
+			r.add(p, "container %s runs as root", c.Name)
+		}
+	}
+	for _, res := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := c.Resources.Requests[res]
+		lim, hasLim := c.Resources.Limits[res]
+		if !hasReq || !hasLim {
+			r.add(p, "container %s: give both a request and a limit for %s", c.Name, res)
+		} else if req.Cmp(lim) > 0 {
+			r.add(p, "container %s: %s request %s is above the limit %s", c.Name, res, req.String(), lim.String())
+		}
+	}
+}
+
+func checkDaemonSet(r *report, o Object, ds *appsv1.DaemonSet) {
+	if ds.Spec.Selector == nil {
+		r.add(o, "no selector")
+		return
+	}
+	sel, err := metav1.LabelSelectorAsSelector(ds.Spec.Selector)
+	if err != nil {
+		r.add(o, "bad selector: %v", err)
+		return
+	}
+	if sel.Empty() {
+		r.add(o, "the selector is empty and would take every pod in the namespace")
+	}
+	if !sel.Matches(labels.Set(ds.Spec.Template.Labels)) {
+		r.add(o, "the selector %s does not match the template's labels %v", sel, ds.Spec.Template.Labels)
+	}
+	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru != nil && ru.MaxSurge != nil && ru.MaxSurge.String() != "0" {
+		r.add(o, "maxSurge %s: a second broker on a node finds the socket taken and exits; use 0", ru.MaxSurge.String())
+	}
+}
+
+// findBroker returns the DaemonSet's pod whose container runs one-socket.
+func findBroker(r *report, pods []*Pod) *Broker {
+	var b *Broker
+	for _, p := range pods {
+		if _, ok := p.Owner.Obj.(*appsv1.DaemonSet); !ok {
+			continue
+		}
+		for i := range p.Spec.Containers {
+			c := &p.Spec.Containers[i]
+			if len(c.Command) > 0 && path.Base(c.Command[0]) == "one-socket" {
+				if b != nil {
+					r.add(p, "a second broker DaemonSet; the first is %s", b.Pod)
+					continue
+				}
+				b = &Broker{Pod: p, Container: c}
+			}
+		}
+	}
+	if b == nil {
+		r.errs = append(r.errs, errors.New("no DaemonSet runs one-socket"))
+	}
+	return b
+}
+
+// ParseFlags reads a command line of flags written --name=value (one dash
+// or two); a flag without "=" is a boolean and gets "". Arguments that do
+// not start with a dash are returned in order.
+func ParseFlags(args []string) (flags map[string]string, pos []string, err error) {
+	flags = map[string]string{}
+	for _, a := range args {
+		if a == "-" || a == "--" || !strings.HasPrefix(a, "-") {
+			pos = append(pos, a)
+			continue
+		}
+		name, value, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if _, dup := flags[name]; dup {
+			return nil, nil, fmt.Errorf("flag --%s given twice", name)
+		}
+		flags[name] = value
+	}
+	return flags, pos, nil
+}
+
+// mountOf returns the volume a container has mounted at dir, and the
+// mount.
+func mountOf(p *Pod, c *corev1.Container, dir string) (*corev1.Volume, *corev1.VolumeMount) {
+	for i := range c.VolumeMounts {
+		m := &c.VolumeMounts[i]
+		if m.MountPath != dir {
+			continue
+		}
+		for j := range p.Spec.Volumes {
+			if p.Spec.Volumes[j].Name == m.Name {
+				return &p.Spec.Volumes[j], m
+			}
+		}
+	}
+	return nil, nil
+}
+
+// maxSocketPath is the longest path a Unix socket address can hold
+// (sun_path is 108 bytes with its terminating NUL).
+const maxSocketPath = 107
+
+func checkBroker(r *report, objs []Object, b *Broker) {
+	p, c := b.Pod, b.Container
+	flags, pos, err := ParseFlags(c.Args)
+	if err != nil {
+		r.add(p, "one-socket's arguments: %v", err)
+		return
+	}
+	if len(c.Command) > 1 || len(pos) > 0 {
+		r.add(p, "one-socket takes flags only, written --name=value; got %q", append(c.Command[1:], pos...))
+	}
+	b.Flags = flags
+	for _, name := range []string{"socket", "socket-mode", "socket-group", "ctl-socket", "policy"} {
+		if flags[name] == "" {
+			r.add(p, "one-socket: give --%s=VALUE", name)
+		}
+	}
+	b.Socket, b.CtlSocket, b.PolicyFile = flags["socket"], flags["ctl-socket"], flags["policy"]
+	b.Dir = path.Dir(b.Socket)
+	if !path.IsAbs(b.Socket) || path.Clean(b.Socket) != b.Socket {
+		r.add(p, "--socket=%s: give a clean absolute path", b.Socket)
+	}
+	if len(b.Socket) > maxSocketPath || len(b.CtlSocket) > maxSocketPath {
+		r.add(p, "socket paths longer than %d bytes cannot be bound", maxSocketPath)
+	}
+	if path.Dir(b.CtlSocket) != b.Dir {
+		r.add(p, "--ctl-socket=%s is not beside --socket=%s", b.CtlSocket, b.Socket)
+	}
+	if mode, err := strconv.ParseUint(flags["socket-mode"], 8, 32); err != nil || mode&0o007 != 0 {
+		r.add(p, "--socket-mode=%s: the socket must be closed to others; the group decides who connects", flags["socket-mode"])
+	}
+	if g, err := strconv.ParseInt(flags["socket-group"], 10, 64); err != nil {
+		r.add(p, "--socket-group=%s: give the group as a number, which means the same in every image", flags["socket-group"])
+	} else {
+		b.SocketGroup = g
+	}
+	for _, e := range c.Env {
+		if e.Name == "ONE_SOCKET_PATH" && e.Value != b.Socket {
+			r.add(p, "ONE_SOCKET_PATH=%s, but the daemon listens on %s", e.Value, b.Socket)
+		}
+	}
+
+	// The socket's directory: a hostPath of the same name, mounted
+	// writable, since the daemon creates and removes its sockets there.
+	v, m := mountOf(p, c, b.Dir)
+	switch {
+	case v == nil:
+		r.add(p, "the broker container mounts nothing at %s, the directory of its socket", b.Dir)
+	case v.HostPath == nil || v.HostPath.Path != b.Dir:
+		r.add(p, "volume %q at %s must be the node's directory %s (hostPath)", v.Name, b.Dir, b.Dir)
+	case m.ReadOnly:
+		r.add(p, "the broker must mount %s writable: it creates its sockets there", b.Dir)
+	case v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectoryOrCreate:
+		r.add(p, "hostPath %s: the broker's is type DirectoryOrCreate, for a fresh node", b.Dir)
+	}
+
+	// The policy: a file of a ConfigMap mounted as a whole directory.
+	if v, _ := mountOf(p, c, path.Dir(b.PolicyFile)); v == nil || v.ConfigMap == nil {
+		r.add(p, "--policy=%s: its directory is not a ConfigMap volume", b.PolicyFile)
+	} else if key, ok := configMapKey(v.ConfigMap, path.Base(b.PolicyFile)); !ok {
+		r.add(p, "--policy=%s: ConfigMap %q has no item for %s", b.PolicyFile, v.ConfigMap.Name, path.Base(b.PolicyFile))
+	} else if o, ok := find(objs, "ConfigMap", p.Namespace, v.ConfigMap.Name); ok {
+		text, ok := o.Obj.(*corev1.ConfigMap).Data[key]
+		if !ok {
+			r.add(o, "no key %q, which the broker reads as --policy=%s", key, b.PolicyFile)
+		} else if pol, err := policy.Parse(b.PolicyFile, strings.NewReader(text)); err != nil {
+			r.add(o, "the policy does not load: %v", err)
+		} else {
+			b.PolicyText, b.Policy = text, pol
+		}
+	}
+
+	// Who the broker runs as.
+	uid, gid, err := UIDGID(p.Spec, c)
+	if err != nil {
+		r.add(p, "%v", err)
+	}
+	b.UID, b.GID = uid, gid
+	if b.SocketGroup != gid && !slices.Contains(Groups(p.Spec), b.SocketGroup) {
+		r.add(p, "the broker is not in group %d, so it cannot give the socket to it (--socket-group)", b.SocketGroup)
+	}
+
+	checkProbe(r, p, c, "readiness", c.ReadinessProbe, b.CtlSocket)
+	checkProbe(r, p, c, "liveness", c.LivenessProbe, b.CtlSocket)
+	checkInit(r, b)
+}
+
+// configMapKey returns the ConfigMap key a file of a configMap volume
+// comes from.
+func configMapKey(v *corev1.ConfigMapVolumeSource, file string) (string, bool) {
+	if len(v.Items) == 0 {
+		return file, true
+	}
+	for _, it := range v.Items {
+		if it.Path == file {
+			return it.Key, true
+		}
+	}
+	return "", false
+}
+
+// checkProbe wants "one-socketctl --ctl-socket=CTL ... status".
+func checkProbe(r *report, p *Pod, c *corev1.Container, what string, pr *corev1.Probe, ctl string) {
+	if pr == nil || pr.Exec == nil || len(pr.Exec.Command) == 0 {
+		r.add(p, "container %s: give a %s probe that runs one-socketctl status", c.Name, what)
+		return
+	}
+	cmd := pr.Exec.Command
+	flags, pos, err := ParseFlags(cmd[1:])
+	switch {
+	case path.Base(cmd[0]) != "one-socketctl" || err != nil || !slices.Equal(pos, []string{"status"}):
+		r.add(p, "container %s: the %s probe runs %q, not one-socketctl status", c.Name, what, cmd)
+	case flags["ctl-socket"] != ctl:
+		r.add(p, "container %s: the %s probe asks %q, but the control socket is %s", c.Name, what, flags["ctl-socket"], ctl)
+	case flags["timeout"] == "":
+		r.add(p, "container %s: give the %s probe's one-socketctl a --timeout", c.Name, what)
+	}
+}
+
+// checkInit finds the init container that prepares the socket directory:
+// "install -d -o UID -g GID -m MODE DIR".
+func checkInit(r *report, b *Broker) {
+	p := b.Pod
+	for i := range p.Spec.InitContainers {
+		c := &p.Spec.InitContainers[i]
+		argv := append(slices.Clone(c.Command), c.Args...)
+		if len(argv) == 0 || path.Base(argv[0]) != "install" {
+			continue
+		}
+		owner, group, mode, dir, err := parseInstall(argv)
+		if err != nil {
+			r.add(p, "init container %s: %v", c.Name, err)
+			return
+		}
+		b.Init = c
+		b.DirOwner, b.DirGroup, b.DirMode = owner, group, mode
+		if dir != b.Dir {
+			r.add(p, "init container %s prepares %s, but the socket is in %s", c.Name, dir, b.Dir)
+		}
+		if v, _ := mountOf(p, c, b.Dir); v == nil || v.HostPath == nil {
+			r.add(p, "init container %s does not mount the hostPath %s", c.Name, b.Dir)
+		}
+		if owner != b.UID {
+			r.add(p, "init container %s gives %s to uid %d, but the broker runs as %d", c.Name, dir, owner, b.UID)
+		}
+		if group != b.SocketGroup {
+			r.add(p, "init container %s gives %s to group %d, but the socket's group is %d", c.Name, dir, group, b.SocketGroup)
+		}
+		if mode&0o700 != 0o700 || mode&0o010 == 0 || mode&0o007 != 0 || mode&0o020 != 0 {
+			r.add(p, "init container %s: mode %#o; the broker needs rwx, its group only x (and r), others nothing", c.Name, mode)
+		}
+		return
+	}
+	r.add(p, "no init container runs install -d for %s: the kubelet would leave it to root, and the broker could not create its socket there", b.Dir)
+}
+
+func parseInstall(argv []string) (owner, group int64, mode os.FileMode, dir string, err error) {
+	var dirMode bool
+	var haveOwner, haveGroup, haveMode bool
+	args := argv[1:]
+	for len(args) > 1 {
+		opt := args[0]
+		switch opt {
+		case "-d":
+			dirMode = true
+			args = args[1:]
+			continue
+		case "-o", "-g", "-m":
+		default:
+			return 0, 0, 0, "", fmt.Errorf("install: unexpected %q", opt)
+		}
+		val := args[1]
+		args = args[2:]
+		switch opt {
+		case "-o":
+			owner, err = strconv.ParseInt(val, 10, 64)
+			haveOwner = true
+		case "-g":
+			group, err = strconv.ParseInt(val, 10, 64)
+			haveGroup = true
+		case "-m":
+			var m uint64
+			m, err = strconv.ParseUint(val, 8, 32)
+			mode = os.FileMode(m)
+			haveMode = true
+		}
+		if err != nil {
+			return 0, 0, 0, "", fmt.Errorf("install %s %s: give a number", opt, val)
+		}
+	}
+	if !dirMode || !haveOwner || !haveGroup || !haveMode || len(args) != 1 {
+		return 0, 0, 0, "", fmt.Errorf("want install -d -o UID -g GID -m MODE DIR, got %q", argv)
+	}
+	return owner, group, mode, args[0], nil
+}
+
+// pairMode reads a PAIR_MODE value.
+func pairMode(s string) (libspbroker.Mode, bool) {
+	for m := libspbroker.ModeNone; m < libspbroker.ModeMax; m++ {
+		if m.String() == s {
+			return m, true
+		}
+	}
+	return 0, false
+}
+
+// Clients returns every container, outside the broker's pod, that mounts
+// the broker's directory.
+func (d *Deployment) Clients() []*Client {
+	var cs []*Client
+	for _, p := range d.Pods {
+		if p == d.Broker.Pod {
+			continue
+		}
+		for _, c := range containers(p.Spec) {
+			if v, _ := mountOf(p, c, d.Broker.Dir); v == nil {
+				continue
+			}
+			cl := &Client{Pod: p, Container: c}
+			cl.UID, cl.GID, _ = UIDGID(p.Spec, c)
+			for _, e := range c.Env {
+				switch e.Name {
+				case "PAIR_KEY":
+					cl.Key = e.Value
+				case "PAIR_MODE":
+					cl.Mode, _ = pairMode(e.Value)
+				}
+			}
+			cs = append(cs, cl)
+		}
+	}
+	return cs
+}
+
+// checkClients checks the pods that use the broker: they reach the same
+// directory, can enter it, and ask for keys the policy gives them.
+func checkClients(r *report, d *Deployment) {
+	b := d.Broker
+	for _, p := range d.Pods {
+		for _, v := range p.Spec.Volumes {
+			if v.HostPath != nil && v.HostPath.Path != b.Dir {
+				r.add(p, "hostPath %s: the broker's directory is %s", v.HostPath.Path, b.Dir)
+			}
+		}
+	}
+	clients := d.Clients()
+	if len(clients) == 0 {
+		r.errs = append(r.errs, errors.New("no pod uses the broker: the example is missing"))
+	}
+	for _, cl := range clients {
+		p, c := cl.Pod, cl.Container
+		if _, m := mountOf(p, c, b.Dir); !m.ReadOnly {
+			r.add(p, "container %s: mount %s read-only; connecting needs no write access to the directory", c.Name, b.Dir)
+		}
+		env := map[string]string{}
+		for _, e := range c.Env {
+			env[e.Name] = e.Value
+		}
+		if env["ONE_SOCKET_PATH"] != b.Socket {
+			r.add(p, "container %s: ONE_SOCKET_PATH is %q, but the broker listens on %s", c.Name, env["ONE_SOCKET_PATH"], b.Socket)
+		}
+		if cl.UID == b.UID {
+			r.add(p, "container %s runs as the broker's uid %d and could use its control socket", c.Name, b.UID)
+		}
+		if cl.GID != b.SocketGroup && !slices.Contains(Groups(p.Spec), b.SocketGroup) {
+			r.add(p, "container %s is not in group %d and cannot enter %s (add it to supplementalGroups)", c.Name, b.SocketGroup, b.Dir)
+		}
+		if _, ok := env["PAIR_KEY"]; !ok {
+			continue
+		}
+		mode, ok := pairMode(env["PAIR_MODE"])
+		if !ok {
+			r.add(p, "container %s: PAIR_MODE %q is not none, client or server", c.Name, env["PAIR_MODE"])
+			continue
+		}
+		script := strings.Join(append(slices.Clone(c.Command), c.Args...), " ")
+		for _, v := range []string{"$PAIR_KEY", "$PAIR_MODE"} {
+			if !strings.Contains(script, v) {
+				r.add(p, "container %s does not use %s", c.Name, v)
+			}
+		}
+		if b.Policy == nil {
+			continue
+		}
+		key := []byte(cl.Key)
+		cred := policy.Cred{UID: uint32(cl.UID), GID: uint32(cl.GID)}
+		if dec := b.Policy.Allow(cred, key, mode); !dec.Allowed {
+			r.add(p, "container %s (uid %d, gid %d) may not ask for %q as %s: %s", c.Name, cl.UID, cl.GID, cl.Key, mode, dec.Reason)
+		}
+		if mode != libspbroker.ModeNone {
+			if dec := b.Policy.Allow(cred, key, mode.Peer()); dec.Allowed {
+				r.add(p, "container %s (uid %d) may also take the other side of %q (%s): %s", c.Name, cl.UID, cl.Key, mode.Peer(), dec.Reason)
+			}
+		}
+		// 65534 is how the broker sees a uid with no mapping in its user
+		// namespace; such a client must get nothing.
+		for m := libspbroker.ModeNone; m < libspbroker.ModeMax; m++ {
+			if dec := b.Policy.Allow(policy.Cred{UID: 65534, GID: 65534}, key, m); dec.Allowed {
+				r.add(p, "the policy lets uid 65534 (unknown) ask for %q as %s: %s", cl.Key, m, dec.Reason)
+			}
+		}
+	}
+	checkPartners(r, clients)
+}
+
+// checkPartners checks that every client has a peer on the same node:
+// the other side of its key, in a pod the scheduler must put beside it.
+func checkPartners(r *report, clients []*Client) {
+	for _, a := range clients {
+		if a.Key == "" {
+			continue
+		}
+		var found bool
+		for _, b := range clients {
+			if b == a || b.Key != a.Key || b.Mode != a.Mode.Peer() {
+				continue
+			}
+			if b.Pod.Namespace == a.Pod.Namespace && (sameNode(a.Pod, b.Pod) || sameNode(b.Pod, a.Pod)) {
+				found = true
+			}
+		}
+		if !found {
+			r.add(a.Pod, "container %s asks for %q as %s, but no pod that is bound to its node (required podAffinity on kubernetes.io/hostname) takes the other side",
+				a.Container.Name, a.Key, a.Mode)
+		}
+	}
+}
+
+// sameNode says whether a must be scheduled on b's node.
+func sameNode(a, b *Pod) bool {
+	if a.Spec.Affinity == nil || a.Spec.Affinity.PodAffinity == nil {
+		return false
+	}
+	for _, term := range a.Spec.Affinity.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution {
+		if term.TopologyKey != corev1.LabelHostname || term.LabelSelector == nil {
+			continue
+		}
+		if len(term.Namespaces) > 0 && !slices.Contains(term.Namespaces, b.Namespace) {
+			continue
+		}
+		sel, err := metav1.LabelSelectorAsSelector(term.LabelSelector)
+		if err == nil && !sel.Empty() && sel.Matches(labels.Set(b.Labels)) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,223 @@
+package validate
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// TestManifests decodes every document of every manifest strictly and
+// runs every cross-check on them.
+func TestManifests(t *testing.T) {
+	files := readManifests(t)
+	require.Contains(t, files, "one-socket.yaml")
+	require.Contains(t, files, "example.yaml")
+	objs, err := ParseAll(files)
+	require.NoError(t, err)
+
+	kinds := map[string]int{}
+	for _, o := range objs {
+		kinds[o.Kind()]++
+	}
+	assert.Equal(t, map[string]int{"Namespace": 2, "ServiceAccount": 1, "ConfigMap": 1, "DaemonSet": 1, "Pod": 2}, kinds)
+
+	d, errs := Check(objs, want(t))
+	for _, err := range errs {
+		t.Error(err)
+	}
+	b := d.Broker
+	require.NotNil(t, b)
+	require.NotNil(t, b.Policy)
+	require.NotNil(t, b.Init)
+	// The example: one server and one client on the same key.
+	modes := map[string]string{}
+	for _, c := range d.Clients() {
+		modes[c.Pod.Name] = c.Key + " " + c.Mode.String()
+	}
+	assert.Equal(t, map[string]string{"echo-server": "example-echo server", "echo-client": "example-echo client"}, modes)
+
+	// The guide must name what the manifests use.
+	guide, err := os.ReadFile(filepath.Join(repoRoot(t), "doc", "kubernetes.md"))
+	require.NoError(t, err)
+	for _, s := range []string{b.Socket, b.CtlSocket, b.PolicyFile, want(t).Image,
+		"--socket-group=" + b.Flags["socket-group"], "--max-waiting-per-uid=" + b.Flags["max-waiting-per-uid"],
+		"--max-conns=" + b.Flags["max-conns"], "--max-wait=" + b.Flags["max-wait"],
+		"deploy/container/Containerfile", "cd deploy/kubernetes/validate && go test ./..."} {
+		assert.Contains(t, string(guide), s, "doc/kubernetes.md does not mention it")
+	}
+}
+
+// document returns the document of the given kind from a manifest's text,
+// and the text around it.
+func document(t *testing.T, text, kind string) string {
+	t.Helper()
+	var found []string
+	for _, doc := range strings.Split(text, "\n---\n") {
+		if strings.Contains(doc, "\nkind: "+kind+"\n") {
+			found = append(found, doc)
+		}
+	}
+	require.Len(t, found, 1, "want one %s document", kind)
+	return found[0]
+}
+
+// TestStrictDecoding feeds altered copies of the DaemonSet to the decoder:
+// each alteration must be refused, and for the right reason.
+func TestStrictDecoding(t *testing.T) {
+	ds := document(t, string(readManifests(t)["one-socket.yaml"]), "DaemonSet")
+	obj, err := Decode([]byte(ds))
+	require.NoError(t, err, "the unaltered DaemonSet must decode")
+	require.IsType(t, &appsv1.DaemonSet{}, obj)
+
+	type kind int
+	const (
+		strictErr kind = iota // a field the type does not have, or one given twice
+		otherErr              // a value of the wrong type, a malformed value
+		unknownKind
+	)
+	cases := []struct {
+		name, old, new string
+		kind           kind
+		msg            string
+	}{
+		{"misspelt field", "readOnlyRootFilesystem: true\n            privileged: false\n            capabilities:\n              drop: [\"ALL\"]\n          # Each",
+			"readOnlyRootFileSystem: true\n            privileged: false\n            capabilities:\n              drop: [\"ALL\"]\n          # Each", strictErr, `unknown field "spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem"`},
+		{"field at the wrong level", "  updateStrategy:\n", "  updateStrategey:\n", strictErr, `unknown field "spec.updateStrategey"`},
+		{"field given twice", "      enableServiceLinks: false\n", "      enableServiceLinks: false\n      enableServiceLinks: true\n", strictErr, `"enableServiceLinks" already set`},
+		{"string for an integer", "runAsUser: 10001", `runAsUser: "10001"`, otherErr, "cannot unmarshal string"},
+		{"unquoted octal in a list of strings", `"-m", "0750"`, `"-m", 0750`, otherErr, "cannot unmarshal number"},
+		{"scalar for a list", "supplementalGroups: [3000]", "supplementalGroups: 3000", otherErr, "cannot unmarshal number"},
+		{"malformed quantity", "memory: 128Mi", "memory: 128MiB", otherErr, "quantities must match"},
+		{"unknown kind", "kind: DaemonSet\n", "kind: DaemonSett\n", unknownKind, `no kind "DaemonSett" is registered`},
+		{"unknown version", "apiVersion: apps/v1\n", "apiVersion: apps/v2\n", unknownKind, `no kind "DaemonSet" is registered for version "apps/v2"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Decode([]byte(replaceOnce(t, ds, c.old, c.new)))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), c.msg)
+			assert.Equal(t, c.kind == strictErr, runtime.IsStrictDecodingError(err), "strict decoding error: %v", err)
+			assert.Equal(t, c.kind == unknownKind, runtime.IsNotRegisteredError(err), "kind not registered: %v", err)
+		})
+	}
+
+	_, err = Decode([]byte(replaceOnce(t, ds, "kind: DaemonSet\n", "")))
+	assert.True(t, runtime.IsMissingKind(err), "no kind: %v", err)
+}
+
+// TestParseNamesThePlace checks that a mistake in a file with several
+// documents is reported with the file and the document's number, and
+// that other files are still read.
+func TestParseNamesThePlace(t *testing.T) {
+	files := readManifests(t)
+	files["one-socket.yaml"] = []byte(replaceOnce(t, string(files["one-socket.yaml"]), "  maxUnavailable: 1\n", "  maxUnavailabel: 1\n"))
+	files["example.yaml"] = []byte(replaceOnce(t, string(files["example.yaml"]), "  name: echo-client\n", "  nam: echo-client\n"))
+	_, err := ParseAll(files)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `one-socket.yaml#5: strict decoding error: unknown field "spec.updateStrategy.rollingUpdate.maxUnavailabel"`)
+	assert.Contains(t, err.Error(), `example.yaml#4: strict decoding error: unknown field "metadata.nam"`)
+
+	_, err = Parse("empty.yaml", []byte("# nothing here\n---\n# nor here\n"))
+	assert.ErrorContains(t, err, "no Kubernetes object")
+	_, err = Parse("bad.yaml", []byte("kind: Pod\napiVersion: v1\nmetadata: {name: x\n"))
+	assert.ErrorContains(t, err, "bad.yaml#1")
+}
+
+// TestCrossChecks alters one thing at a time that must agree between
+// manifests, and expects the checks to say so.
+func TestCrossChecks(t *testing.T) {
+	cases := []struct {
+		name, file, old, new string
+		msgs                 []string
+	}{
+		{"volume mount without volume", "one-socket.yaml",
+			"            - name: policy\n              mountPath: /etc/one-socket\n",
+			"            - name: polcy\n              mountPath: /etc/one-socket\n",
+			[]string{`container one-socket mounts volume "polcy", which the pod does not declare`, `volume "policy" is mounted by no container`}},
+		{"selector that misses the template", "one-socket.yaml",
+			"    matchLabels:\n      app.kubernetes.io/name: one-socket\n      app.kubernetes.io/component: broker\n",
+			"    matchLabels:\n      app.kubernetes.io/name: one-socket\n      app.kubernetes.io/component: brokers\n",
+			[]string{"does not match the template's labels"}},
+		{"missing ConfigMap", "one-socket.yaml", "name: one-socket-policy\n            defaultMode",
+			"name: one-socket-policies\n            defaultMode",
+			[]string{`no ConfigMap "one-socket-policies" in namespace "one-socket"`}},
+		{"policy file that is not in the ConfigMap", "one-socket.yaml", "--policy=/etc/one-socket/policy.conf",
+			"--policy=/etc/one-socket/policy.txt", []string{`ConfigMap one-socket/one-socket-policy: no key "policy.txt", which the broker reads as --policy=/etc/one-socket/policy.txt`}},
+		{"policy with a mistake", "one-socket.yaml", "key=prefix:example- mode=server", "key=prefix:example- mode=srv",
+			[]string{`the policy does not load: /etc/one-socket/policy.conf:10: unknown mode "srv"`}},
+		{"another hostPath for a client", "example.yaml",
+			"        path: /run/one-socket\n        type: Directory\n---",
+			"        path: /run/one-sockets\n        type: Directory\n---",
+			[]string{"hostPath /run/one-sockets: the broker's directory is /run/one-socket", "mounts hostPath /run/one-sockets at /run/one-socket"}},
+		{"client socket path", "example.yaml",
+			"          value: /run/one-socket/one.socket\n        - name: PAIR_KEY\n          value: example-echo\n        - name: PAIR_MODE\n          value: client\n",
+			"          value: /run/one-socket/broker.socket\n        - name: PAIR_KEY\n          value: example-echo\n        - name: PAIR_MODE\n          value: client\n",
+			[]string{"ONE_SOCKET_PATH is \"/run/one-socket/broker.socket\", but the broker listens on /run/one-socket/one.socket"}},
+		{"client key the policy refuses", "example.yaml",
+			"value: example-echo\n        - name: PAIR_MODE\n          value: client\n",
+			"value: demo-echo\n        - name: PAIR_MODE\n          value: client\n",
+			[]string{`container echo-client (uid 2002, gid 2002) may not ask for "demo-echo" as client`,
+				`container echo-server asks for "example-echo" as server, but no pod`}},
+		{"client uid the policy refuses", "example.yaml",
+			"    runAsUser: 2002\n", "    runAsUser: 2003\n",
+			[]string{`container echo-client (uid 2003, gid 2002) may not ask for "example-echo" as client`}},
+		{"client outside the socket group", "example.yaml",
+			"    runAsUser: 2002\n    runAsGroup: 2002\n    runAsNonRoot: true\n    supplementalGroups: [3000]\n",
+			"    runAsUser: 2002\n    runAsGroup: 2002\n    runAsNonRoot: true\n    supplementalGroups: [3001]\n",
+			[]string{"container echo-client is not in group 3000"}},
+		{"client as the broker's uid", "example.yaml", "    runAsUser: 2002\n", "    runAsUser: 10001\n",
+			[]string{"runs as the broker's uid 10001 and could use its control socket"}},
+		{"policy that lets a client serve", "one-socket.yaml",
+			"    allow uid=2002 gid=2002 key=prefix:example- mode=client\n",
+			"    allow uid=2002 gid=2002 key=prefix:example- mode=client,server\n",
+			[]string{`container echo-client (uid 2002) may also take the other side of "example-echo" (server)`}},
+		{"client on another node", "example.yaml", "topologyKey: kubernetes.io/hostname", "topologyKey: topology.kubernetes.io/zone",
+			[]string{`container echo-client asks for "example-echo" as client, but no pod that is bound to its node`}},
+		{"socket group the clients lack", "one-socket.yaml", "--socket-group=3000", "--socket-group=3001",
+			[]string{"the broker is not in group 3001", "gives /run/one-socket to group 3000, but the socket's group is 3001", "container echo-server is not in group 3001"}},
+		{"directory for another uid", "one-socket.yaml", `"-o", "10001"`, `"-o", "10002"`,
+			[]string{"gives /run/one-socket to uid 10002, but the broker runs as 10001"}},
+		{"directory open to others", "one-socket.yaml", `"-m", "0750"`, `"-m", "0755"`,
+			[]string{"mode 0755; the broker needs rwx, its group only x (and r), others nothing"}},
+		{"control socket elsewhere", "one-socket.yaml", "- --ctl-socket=/run/one-socket/one-socket.ctl",
+			"- --ctl-socket=/run/one-socket-ctl/one-socket.ctl",
+			[]string{"is not beside --socket", `the readiness probe asks "/run/one-socket/one-socket.ctl", but the control socket is /run/one-socket-ctl/one-socket.ctl`}},
+		{"socket file mounted instead of its directory", "one-socket.yaml",
+			"            - name: socket-dir\n              mountPath: /run/one-socket\n            - name: policy",
+			"            - name: socket-dir\n              mountPath: /run/one-socket/one.socket\n              subPath: one.socket\n            - name: policy",
+			[]string{"mounts part of hostPath /run/one-socket (subPath)", "the broker container mounts nothing at /run/one-socket"}},
+		{"another image", "example.yaml", "    - name: echo-client\n      image: ghcr.io/one-socket/one-socket:0.1.0\n",
+			"    - name: echo-client\n      image: ghcr.io/one-socket/one-socket:latest\n",
+			[]string{`container echo-client runs image "ghcr.io/one-socket/one-socket:latest", not "ghcr.io/one-socket/one-socket:0.1.0"`}},
+		{"surge", "one-socket.yaml", "maxSurge: 0", "maxSurge: 1", []string{"maxSurge 1: a second broker"}},
+		{"capability for the broker", "one-socket.yaml", "              drop: [\"ALL\"]\n          # Each",
+			"              drop: [\"ALL\"]\n              add: [\"NET_ADMIN\"]\n          # Each", []string{"container one-socket adds capability NET_ADMIN"}},
+		{"writable root", "example.yaml", "          value: server\n      securityContext:\n        allowPrivilegeEscalation: false\n        readOnlyRootFilesystem: true\n",
+			"          value: server\n      securityContext:\n        allowPrivilegeEscalation: false\n        readOnlyRootFilesystem: false\n",
+			[]string{"container echo-server: set readOnlyRootFilesystem: true"}},
+		{"namespace not among the manifests", "example.yaml", "  name: echo-server\n  namespace: one-socket-example\n",
+			"  name: echo-server\n  namespace: one-socket-examples\n", []string{`namespace "one-socket-examples" is not among the manifests`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			files := readManifests(t)
+			text := replaceOnce(t, string(files[c.file]), c.old, c.new)
+			files[c.file] = []byte(text)
+			_, errs := checkFiles(t, files)
+			var all []string
+			for _, err := range errs {
+				all = append(all, err.Error())
+			}
+			joined := strings.Join(all, "\n")
+			for _, msg := range c.msgs {
+				assert.Contains(t, joined, msg)
+			}
+		})
+	}
+}
