@@ -181,8 +181,8 @@ def send_get_pair(sock: socket.socket, key: Key, mode: int) -> None:
 def _recv(sock: socket.socket, size: int, flags: int, fds: List[int]) -> Tuple[bytes, bool]:
     """One recvmsg of up to size bytes; appends the descriptors that came
     to fds and returns the data and whether control data was truncated."""
-    # Not socket.recv_fds: before Python 3.12 it drops its flags argument,
-    # losing MSG_CMSG_CLOEXEC and MSG_DONTWAIT.
+    # Not socket.recv_fds: it ignores its flags argument (in 3.9 to 3.13.0
+    # at least), which would lose MSG_CMSG_CLOEXEC and MSG_DONTWAIT.
     data, ancdata, msg_flags, _ = sock.recvmsg(size, _ANCBUF_SIZE, flags | _MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
