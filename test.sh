@@ -46,6 +46,16 @@ step gofmt gofmt_clean
 step vet go vet ./...
 step staticcheck go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 step test go test -race -count=1 ./...
+# The Kubernetes manifests, decoded strictly against the API types by a
+# module of their own (k8s.io stays out of the main module), and played
+# on this machine as a node when run as root.
+k8s_manifests() (
+	cd deploy/kubernetes/validate &&
+		go vet ./... &&
+		go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... &&
+		go test -race -count=1 ./...
+)
+step kubernetes k8s_manifests
 # The Python client, against the Go encoder and the real daemon.
 step python python3 -m unittest discover -s python/tests -t python
 # Short fuzz runs of the wire decoder and the policy parser; a finding is
