@@ -23,13 +23,16 @@ fail() {
 # need TOOL DEBIAN-PACKAGE...: pairs of a command and the Debian package
 # that has it; skips, naming every missing package, if any is absent.
 need() {
-	local missing=()
+	local missing=" "
 	while [ $# -ge 2 ]; do
-		command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+		# Each package once, however many of its tools are missing.
+		if ! command -v "$1" >/dev/null 2>&1 && [[ $missing != *" $2 "* ]]; then
+			missing+="$2 "
+		fi
 		shift 2
 	done
-	if [ ${#missing[@]} -gt 0 ]; then
-		skip "missing tools; install them with: apt-get install --no-install-recommends ${missing[*]}"
+	if [ "$missing" != " " ]; then
+		skip "missing tools; install them with: apt-get install --no-install-recommends${missing% }"
 	fi
 }
 
