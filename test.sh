@@ -58,6 +58,12 @@ k8s_manifests() (
 step kubernetes k8s_manifests
 # The Python client, against the Go encoder and the real daemon.
 step python python3 -m unittest discover -s python/tests -t python
+# The Debian and RPM packages: their versions agree with meson.build; the
+# .debs pass lintian, install, work installed and purge (as root); the
+# RPMs hold what they should.
+step pkg-versions test/packaging/versions.sh
+step deb test/packaging/deb.sh
+step rpm test/packaging/rpm.sh
 # Short fuzz runs of the wire decoder and the policy parser; a finding is
 # saved under the package's testdata/fuzz and replayed by every go test.
 step fuzz go test -run='^$' -fuzz=FuzzDecodeValidate -fuzztime=15s -fuzzminimizetime=500x ./libspbroker/

@@ -21,10 +21,6 @@ var foreignFlags = map[string]string{
 	"warnings":        "man (in the manual pages' check comments)",
 }
 
-// readmeDaemonSection is the heading of README.md whose table lists the
-// daemon's flags.
-const readmeDaemonSection = "The daemon"
-
 // hiddenDaemonFlags are flags the daemon takes but --help does not print,
 // each with the output that proves the daemon still takes it.
 var hiddenDaemonFlags = map[string]*regexp.Regexp{
@@ -38,8 +34,6 @@ var (
 	flagMention = regexp.MustCompile(`(?:^|[^\w-])--([a-zA-Z][a-zA-Z0-9-]*)`)
 	// A flag in one-socket --help: "  --name ...".
 	daemonHelpFlag = regexp.MustCompile(`(?m)^  --([a-z][a-z0-9-]*)`)
-	// A row of a Markdown table that starts with a flag in code.
-	flagTableRow = regexp.MustCompile("^\\|\\s*`--([a-z][a-z0-9-]*)")
 	// A definition-list term in one-socket.md's Flags section.
 	flagTerm = regexp.MustCompile("^`--([a-z][a-z0-9-]*)")
 )
@@ -152,10 +146,11 @@ func spell(kind, name string) string {
 }
 
 // TestDaemonFlags checks the daemon's documents against one-socket --help:
-// README.md's flag table, the Flags section of doc/one-socket.md and the
-// OPTIONS of doc/one-socket.8 each describe exactly the flags it prints;
+// the Flags section of doc/one-socket.md and the OPTIONS of
+// doc/one-socket.8 each describe exactly the flags it prints;
 // the synopses name no other; and every --flag any of them mentions is a
-// flag of one-socket, of one-socketctl, or of a program in foreignFlags.
+// flag of one-socket, of one-socketctl, or of a program in foreignFlags
+// (README.md included, which keeps no flag table of its own).
 func TestDaemonFlags(t *testing.T) {
 	flags := daemonFlags(t)
 	_, ctlFlags := ctlHelp(t)
@@ -165,17 +160,6 @@ func TestDaemonFlags(t *testing.T) {
 	}
 
 	readme := readMarkdown(t, repoRoot, "README.md")
-	rows := map[string]int{}
-	for _, i := range readme.section(readmeDaemonSection) {
-		if m := flagTableRow.FindStringSubmatch(readme.lines[i]); m != nil {
-			rows[m[1]] = i + 1
-		}
-	}
-	if len(rows) == 0 {
-		t.Errorf("README.md: no flag table (rows starting with `--flag`) under the heading %q", readmeDaemonSection)
-	} else {
-		compare(t, place{"README.md", "flag table"}, rows, flags, nil, "flag", "one-socket --help")
-	}
 
 	guide := readMarkdown(t, repoRoot, "doc/one-socket.md")
 	terms := map[string]int{}
