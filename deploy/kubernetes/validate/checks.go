@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/one-socket/one-socket/internal/policy"
 	"github.com/one-socket/one-socket/libspbroker"
@@ -74,10 +75,22 @@ type Client struct {
 	Pod       *Pod
 	Container *corev1.Container
 	UID, GID  int64
-	// Key and Mode are the pod's PAIR_KEY and PAIR_MODE, when it has them.
+	// Key and Mode are what the container asks the broker for: a shell
+	// script's PAIR_KEY and PAIR_MODE, or EchoClient's key (--key, else
+	// PAIR_KEY) as a client. Key is empty when it asks for nothing.
 	Key  string
 	Mode libspbroker.Mode
+	// problems are what is wrong with the request; checkClients reports
+	// them.
+	problems []string
 }
+
+// EchoClient is the example's client program (deploy/examples/echo-client),
+// which the image holds beside the broker's two commands.
+const EchoClient = "one-socket-echo-client"
+
+// echoClientFlags are the flags EchoClient takes.
+var echoClientFlags = []string{"key", "interval"}
 
 // report collects problems; each names the object it is about.
 type report struct{ errs []error }
@@ -728,18 +741,77 @@ func (d *Deployment) Clients() []*Client {
 			}
 			cl := &Client{Pod: p, Container: c}
 			cl.UID, cl.GID, _ = UIDGID(p.Spec, c)
-			for _, e := range c.Env {
-				switch e.Name {
-				case "PAIR_KEY":
-					cl.Key = e.Value
-				case "PAIR_MODE":
-					cl.Mode, _ = pairMode(e.Value)
-				}
-			}
+			cl.readRequest()
 			cs = append(cs, cl)
 		}
 	}
 	return cs
+}
+
+// readRequest finds what the container asks the broker for: EchoClient
+// asks as a client for its --key, else PAIR_KEY; any other command asks
+// for PAIR_KEY in PAIR_MODE, if it has PAIR_KEY, and must then use both.
+func (cl *Client) readRequest() {
+	c := cl.Container
+	env := map[string]string{}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+	}
+	bad := func(format string, args ...any) {
+		cl.problems = append(cl.problems, fmt.Sprintf("container %s: ", c.Name)+fmt.Sprintf(format, args...))
+	}
+	argv := append(slices.Clone(c.Command), c.Args...)
+	if len(argv) > 0 && path.Base(argv[0]) == EchoClient {
+		cl.Mode = libspbroker.ModeClient
+		flags, pos, err := ParseFlags(argv[1:])
+		if err != nil {
+			bad("%s: %v", EchoClient, err)
+			return
+		}
+		if len(pos) > 0 {
+			bad("%s takes flags only, written --name=value; got %q", EchoClient, pos)
+		}
+		for name, value := range flags {
+			switch {
+			case !slices.Contains(echoClientFlags, name):
+				bad("%s has no flag --%s", EchoClient, name)
+			case name == "interval":
+				if d, err := time.ParseDuration(value); err != nil || d <= 0 {
+					bad("%s --interval=%s: give a positive duration such as 5s", EchoClient, value)
+				}
+			}
+		}
+		cl.Key = env["PAIR_KEY"]
+		if k, ok := flags["key"]; ok {
+			cl.Key = k
+		}
+		if cl.Key == "" {
+			bad("%s has no key: give --key or PAIR_KEY", EchoClient)
+		}
+		if m, ok := env["PAIR_MODE"]; ok && m != libspbroker.ModeClient.String() {
+			bad("PAIR_MODE is %q, but %s always asks as client", m, EchoClient)
+		}
+		return
+	}
+	key, ok := env["PAIR_KEY"]
+	if !ok {
+		return
+	}
+	mode, ok := pairMode(env["PAIR_MODE"])
+	if !ok {
+		bad("PAIR_MODE %q is not none, client or server", env["PAIR_MODE"])
+		return
+	}
+	if key == "" {
+		bad("PAIR_KEY is empty")
+	}
+	cl.Key, cl.Mode = key, mode
+	script := strings.Join(argv, " ")
+	for _, v := range []string{"$PAIR_KEY", "$PAIR_MODE"} {
+		if !strings.Contains(script, v) {
+			bad("the script does not use %s", v)
+		}
+	}
 }
 
 // checkClients checks the pods that use the broker: they reach the same
@@ -775,23 +847,13 @@ func checkClients(r *report, d *Deployment) {
 		if cl.GID != b.SocketGroup && !slices.Contains(Groups(p.Spec), b.SocketGroup) {
 			r.add(p, "container %s is not in group %d and cannot enter %s (add it to supplementalGroups)", c.Name, b.SocketGroup, b.Dir)
 		}
-		if _, ok := env["PAIR_KEY"]; !ok {
+		for _, msg := range cl.problems {
+			r.add(p, "%s", msg)
+		}
+		if cl.Key == "" || b.Policy == nil {
 			continue
 		}
-		mode, ok := pairMode(env["PAIR_MODE"])
-		if !ok {
-			r.add(p, "container %s: PAIR_MODE %q is not none, client or server", c.Name, env["PAIR_MODE"])
-			continue
-		}
-		script := strings.Join(append(slices.Clone(c.Command), c.Args...), " ")
-		for _, v := range []string{"$PAIR_KEY", "$PAIR_MODE"} {
-			if !strings.Contains(script, v) {
-				r.add(p, "container %s does not use %s", c.Name, v)
-			}
-		}
-		if b.Policy == nil {
-			continue
-		}
+		mode := cl.Mode
 		key := []byte(cl.Key)
 		cred := policy.Cred{UID: uint32(cl.UID), GID: uint32(cl.GID)}
 		if dec := b.Policy.Allow(cred, key, mode); !dec.Allowed {

@@ -95,33 +95,49 @@ func TestContainerfile(t *testing.T) {
 			require.NoError(t, err, "%s: %s", c, out)
 		}
 	}
-	var buildCmd string
-	for _, r := range build.find("RUN ") {
-		if strings.Contains(r, "go build") {
-			buildCmd = strings.TrimPrefix(r, "RUN ")
-		}
-	}
-	require.NotEmpty(t, buildCmd, "no RUN go build")
-	require.Contains(t, buildCmd, "-o /out/")
 	out := filepath.Join(t.TempDir(), "out")
-	cmd := exec.Command("sh", "-c", strings.ReplaceAll(buildCmd, "/out/", out+"/"))
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "VERSION="+version)
-	o, err := cmd.CombinedOutput()
-	require.NoError(t, err, "the build stage's go build, on only what it copies: %s", o)
+	var builds int
+	for _, r := range build.find("RUN ") {
+		if !strings.Contains(r, "go build") {
+			continue
+		}
+		builds++
+		buildCmd := strings.TrimPrefix(r, "RUN ")
+		require.Contains(t, buildCmd, "-o /out/")
+		cmd := exec.Command("sh", "-c", strings.ReplaceAll(buildCmd, "/out/", out+"/"))
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "VERSION="+version)
+		o, err := cmd.CombinedOutput()
+		require.NoError(t, err, "the build stage's %s, on only what it copies: %s", r, o)
+	}
+	require.NotZero(t, builds, "no RUN go build")
+	built, err := os.ReadDir(out)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range built {
+		names = append(names, e.Name())
+	}
+	assert.ElementsMatch(t, []string{"one-socket", "one-socketctl", EchoClient}, names)
 	for _, name := range []string{"one-socket", "one-socketctl"} {
 		v, err := exec.Command(filepath.Join(out, name), "--version").Output()
 		require.NoError(t, err)
 		assert.Equal(t, name+" "+version+"\n", string(v))
 	}
+	// The client has no --version; its usage shows that it is the
+	// example's client, with the flags example.yaml gives it.
+	usage, err := exec.Command(filepath.Join(out, EchoClient), "-help").CombinedOutput()
+	require.NoError(t, err, "%s", usage)
+	for _, name := range echoClientFlags {
+		assert.Contains(t, string(usage), "\n  -"+name+" ", "%s -help", EchoClient)
+	}
 
-	// The run stage puts both on PATH, where the manifests call them by
-	// name.
+	// The run stage puts all three on PATH, where the manifests call them
+	// by name.
 	copies := run.find("COPY --from=build ")
 	require.Len(t, copies, 1)
 	f := strings.Fields(copies[0])[2:]
 	assert.Equal(t, "/usr/local/bin/", f[len(f)-1])
-	assert.ElementsMatch(t, []string{"/out/one-socket", "/out/one-socketctl"}, f[:len(f)-1])
+	assert.ElementsMatch(t, []string{"/out/one-socket", "/out/one-socketctl", "/out/" + EchoClient}, f[:len(f)-1])
 	for _, c := range run.find("COPY ") {
 		if !strings.HasPrefix(c, "COPY --from=") {
 			_, err := os.Stat(filepath.Join(root, strings.Fields(c)[1]))
@@ -134,12 +150,12 @@ func TestContainerfile(t *testing.T) {
 }
 
 // TestCommandsExist checks that every program the manifests start is one
-// the image has: the two of this project and the base image's sh and
+// the image has: the three of this project and the base image's sh and
 // install.
 func TestCommandsExist(t *testing.T) {
 	d, errs := checkFiles(t, readManifests(t))
 	require.Empty(t, errs)
-	known := []string{"one-socket", "one-socketctl", "sh", "/bin/sh", "install"}
+	known := []string{"one-socket", "one-socketctl", EchoClient, "sh", "/bin/sh", "install"}
 	for _, p := range d.Pods {
 		for _, c := range containers(p.Spec) {
 			assert.Contains(t, known, c.Command[0], "%s: container %s", p, c.Name)

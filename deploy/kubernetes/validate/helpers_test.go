@@ -65,9 +65,10 @@ var (
 	buildErr  error
 )
 
-// binaries builds one-socket and one-socketctl from this checkout, once
-// for the whole run, into a directory every user may read (the node test
-// runs them under other uids), and returns it.
+// binaries builds one-socket, one-socketctl and the example's client
+// (named as in the image) from this checkout, once for the whole run, into
+// a directory every user may read (the node test runs them under other
+// uids), and returns it.
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -78,10 +79,16 @@ func binaries(t *testing.T) string {
 		if buildErr = os.Chmod(binDir, 0o755); buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/one-socket", "./cmd/one-socketctl")
-		cmd.Dir = repoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		for _, args := range [][]string{
+			{"-o", binDir + "/", "./cmd/one-socket", "./cmd/one-socketctl"},
+			{"-o", filepath.Join(binDir, EchoClient), "./deploy/examples/echo-client"},
+		} {
+			cmd := exec.Command("go", append([]string{"build"}, args...)...)
+			cmd.Dir = repoRoot(t)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %q: %v\n%s", args, err, out)
+				return
+			}
 		}
 	})
 	require.NoError(t, buildErr)

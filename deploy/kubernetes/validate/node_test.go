@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -418,16 +419,48 @@ func TestNode(t *testing.T) {
 	}
 	require.NotNil(t, server)
 	require.NotNil(t, client)
+	// The client pod runs the example's Go client, built here and found
+	// on PATH as in the image; it sends its first line as soon as it is
+	// paired.
+	require.Equal(t, []string{EchoClient}, pods["echo-client"].spec.Spec.Containers[0].Command)
 	waitFor(t, "the client's first answer", func() bool {
-		return strings.Contains(client.log.String(),
-			"echo-client: sent: hello 1 from echo-client, got: you said: hello 1 from echo-client\n")
+		return strings.Contains(client.log.String(), "paired with a server for \"example-echo\"\n"+
+			"sent \"hello 1\", got \"you said: hello 1\"\n")
 	}, client)
 	waitFor(t, "the server's first line", func() bool {
-		return strings.Contains(server.log.String(), "echo-server: got: hello 1 from echo-client\n")
+		return strings.Contains(server.log.String(), "echo-server: got: hello 1\n")
 	}, server)
 
-	// Who else gets in. The client pod's container, run by others:
+	// The server pod goes and comes back (the kubelet restarts it): the
+	// client says why its pair failed, asks again, and talks to the new
+	// server.
+	server.kill()
+	waitFor(t, "the client to notice", func() bool {
+		return strings.Contains(client.log.String(), "; asking for a new pair in 1s\n")
+	}, client)
+	_, restarted := n.startPod(pods["echo-server"].spec)
+	server = restarted["echo-server"]
+	answered := regexp.MustCompile(`paired with a server for "example-echo"\nsent "hello (\d+)", got "you said: hello (\d+)"\n`)
+	waitFor(t, "an answer from the new server", func() bool {
+		return len(answered.FindAllString(client.log.String(), -1)) == 2
+	}, client)
+	m := answered.FindAllStringSubmatch(client.log.String(), -1)[1]
+	assert.Equal(t, m[1], m[2])
+	waitFor(t, "the new server's log of the line", func() bool {
+		return strings.Contains(server.log.String(), "echo-server: got: hello "+m[1]+"\n")
+	}, server)
+
+	// What the guide does with kubectl exec: one-socketctl pair in the
+	// client pod is answered by the server's second loop while the
+	// client program keeps its pair.
 	clientC := pods["echo-client"].container("echo-client")
+	demo := clientC.command("one-socketctl", "--timeout=10s", "pair", "--mode", "client", "example-echo")
+	demo.Stdin = strings.NewReader("hi there\n")
+	said, err := demo.CombinedOutput()
+	require.NoError(t, err, "%s", said)
+	assert.Equal(t, "you said: hi there\n", string(said))
+
+	// Who else gets in. The client pod's container, run by others:
 	pair := func(c *container, mode string) (int, string) {
 		return c.run("one-socketctl", "--timeout=10s", "pair", "--mode", mode, "example-echo")
 	}
@@ -436,7 +469,8 @@ func TestNode(t *testing.T) {
 	assert.Equal(t, 1, code, out)
 	assert.Contains(t, out, "no permission to connect to "+daemon.translate(b.Socket))
 	// with it, but as a uid the policy does not name, it is refused, and
-	// the waiting echo server is not handed to it;
+	// the echo server's second loop, waiting in the broker, is not handed
+	// to it;
 	code, out = pair(clientC.as(2003, 2003, b.SocketGroup), "client")
 	assert.Equal(t, 1, code, out)
 	assert.Contains(t, out, "closed the connection without a pair")
@@ -472,11 +506,14 @@ func TestNode(t *testing.T) {
 	code, out = daemon.probe(b.Container.LivenessProbe)
 	assert.Equal(t, 0, code, "liveness probe: %s", out)
 
-	// The kubelet deletes the pods: the example's sh ignores SIGTERM as
-	// process 1 and is killed; the broker stops on SIGTERM, with status 0,
-	// and removes its sockets.
+	// The kubelet deletes the pods: the server's sh ignores SIGTERM as
+	// process 1 and is killed; the client stops on SIGTERM, with status
+	// 0; the broker too, and it removes its sockets.
 	server.kill()
-	client.kill()
+	require.NoError(t, client.cmd.Process.Signal(syscall.SIGTERM))
+	<-client.done
+	assert.NoError(t, client.err, "the client's exit: %s", client.log.String())
+	assert.True(t, strings.HasSuffix(client.log.String(), "stopping: terminated signal received\n"), "%s", client.log.String())
 	require.NoError(t, daemonProc.cmd.Process.Signal(syscall.SIGTERM))
 	<-daemonProc.done
 	assert.NoError(t, daemonProc.err, "the broker's exit: %s", daemonProc.log.String())
