@@ -65,11 +65,13 @@ func Call(ctx context.Context, path string, req Request) (json.RawMessage, error
 		err := rerr
 		op := "read"
 		switch {
+		case ctx.Err() != nil:
+			// ctx ended first: whatever the read then met (the deadline
+			// ctx set, or a server that hung up meanwhile) follows from it.
+			err = ctx.Err()
 		case errors.Is(rerr, os.ErrDeadlineExceeded):
-			// Only ctx sets deadlines here.
-			if err = ctx.Err(); err == nil {
-				err = context.DeadlineExceeded
-			}
+			// Only ctx sets deadlines here: it has just expired.
+			err = context.DeadlineExceeded
 		case werr != nil:
 			op, err = "write", werr
 			if oe, ok := werr.(*net.OpError); ok {
