@@ -58,68 +58,32 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *testutil.LockedBuffer
-	done chan struct{}
-	err  error
-}
-
 // start runs one of the built programs, in a process group of its own,
 // with the environment variables given and none of the test's that would
 // change where it looks; the test's end kills what is left of it.
-func start(t *testing.T, env []string, name string, args ...string) *proc {
+func start(t *testing.T, env []string, name string, args ...string) *testutil.Proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(filepath.Join(binDir, name), args...), log: &testutil.LockedBuffer{}, done: make(chan struct{})}
+	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ONE_SOCKET_") && !strings.HasPrefix(kv, "PAIR_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
+			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	p.cmd.Env = append(p.cmd.Env, env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("log of %s:\n%s", p.name, p.log.String())
-		}
-	})
-	return p
-}
-
-// kill ends the process and whatever it started.
-func (p *proc) kill() {
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	cmd.Env = append(cmd.Env, env...)
+	return testutil.StartProc(t, name, cmd)
 }
 
 // waitFor polls cond until it holds. The deadline only keeps a broken run
 // from hanging the test; nothing here is a matter of speed.
-func waitFor(t *testing.T, what string, p *proc, cond func() bool) {
+func waitFor(t *testing.T, what string, p *testutil.Proc, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
-		if p.exited() {
-			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.name, p.err, p.log.String())
+		if p.Exited() {
+			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.Name, p.Err, p.Log.String())
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.name, p.log.String())
+			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.Name, p.Log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -128,7 +92,7 @@ func waitFor(t *testing.T, what string, p *proc, cond func() bool) {
 // broker is a running daemon.
 type broker struct {
 	socket, ctl string
-	proc        *proc
+	proc        *testutil.Proc
 }
 
 // startBroker runs the daemon on sockets in a fresh directory, short
@@ -141,7 +105,7 @@ func startBroker(t *testing.T) *broker {
 	b := &broker{socket: filepath.Join(dir, "one.socket"), ctl: filepath.Join(dir, "one-socket.ctl")}
 	b.proc = start(t, nil, "one-socket", "--socket="+b.socket, "--ctl-socket="+b.ctl)
 	waitFor(t, "the broker to start", b.proc, func() bool {
-		return strings.Contains(b.proc.log.String(), `msg="one-socket started"`)
+		return strings.Contains(b.proc.Log.String(), `msg="one-socket started"`)
 	})
 	return b
 }
@@ -157,14 +121,14 @@ func (b *broker) waiting(t *testing.T) int {
 }
 
 // startServer runs one round of the example's echo server.
-func (b *broker) startServer(t *testing.T) *proc {
+func (b *broker) startServer(t *testing.T) *testutil.Proc {
 	return start(t, []string{"ONE_SOCKET_PATH=" + b.socket}, "one-socketctl",
 		"pair", "--mode", "server", key, "--", "sh", "-c", serverScript)
 }
 
 // startClient runs the client under test, as the example pod does: the
 // socket and the key from the environment, the interval as a flag.
-func (b *broker) startClient(t *testing.T, interval string) *proc {
+func (b *broker) startClient(t *testing.T, interval string) *testutil.Proc {
 	return start(t, []string{"ONE_SOCKET_PATH=" + b.socket, "PAIR_KEY=" + key}, "one-socket-echo-client", "--interval="+interval)
 }
 
@@ -181,12 +145,12 @@ func replies(t *testing.T, log string) []string {
 }
 
 // stop sends SIGTERM to the client and checks that it ends cleanly.
-func stop(t *testing.T, client *proc) {
+func stop(t *testing.T, client *testutil.Proc) {
 	t.Helper()
-	require.NoError(t, client.cmd.Process.Signal(syscall.SIGTERM))
-	<-client.done
-	assert.NoError(t, client.err, "the client's exit after SIGTERM")
-	assert.True(t, strings.HasSuffix(client.log.String(), "stopping: terminated signal received\n"), "%s", client.log.String())
+	require.NoError(t, client.Cmd.Process.Signal(syscall.SIGTERM))
+	<-client.Done()
+	assert.NoError(t, client.Err, "the client's exit after SIGTERM")
+	assert.True(t, strings.HasSuffix(client.Log.String(), "stopping: terminated signal received\n"), "%s", client.Log.String())
 }
 
 // TestEchoClient pairs the client with the echo server, takes the server
@@ -197,34 +161,34 @@ func TestEchoClient(t *testing.T) {
 	client := b.startClient(t, "10ms")
 
 	// Several lines on one pair, each answered.
-	waitFor(t, "three answers", client, func() bool { return len(replies(t, client.log.String())) >= 3 })
+	waitFor(t, "three answers", client, func() bool { return len(replies(t, client.Log.String())) >= 3 })
 	waitFor(t, "the server's log of the first line", server, func() bool {
-		return strings.Contains(server.log.String(), "echo-server: got: hello 1\n")
+		return strings.Contains(server.Log.String(), "echo-server: got: hello 1\n")
 	})
-	assert.Equal(t, []string{"1", "2", "3"}, replies(t, client.log.String())[:3])
-	assert.Equal(t, 1, strings.Count(client.log.String(), "paired with a server for \"example-echo\"\n"))
+	assert.Equal(t, []string{"1", "2", "3"}, replies(t, client.Log.String())[:3])
+	assert.Equal(t, 1, strings.Count(client.Log.String(), "paired with a server for \"example-echo\"\n"))
 
 	// The server goes away: the client says why and asks again.
-	server.kill()
+	server.Kill()
 	var before int
 	waitFor(t, "the client to notice", client, func() bool {
-		log := client.log.String()
+		log := client.Log.String()
 		before = len(replies(t, log))
 		return strings.Contains(log, "; asking for a new pair in 1s\n")
 	})
 	assert.Regexp(t, `\n(the server hung up|sending "hello \d+": .*broken pipe|reading the reply to "hello \d+": .*connection reset by peer); asking for a new pair in 1s\n`,
-		client.log.String())
+		client.Log.String())
 	// It waits in the broker for the next server, which it gets.
 	waitFor(t, "the client to wait for a server", client, func() bool { return b.waiting(t) == 1 })
 	second := b.startServer(t)
 	waitFor(t, "answers from the second server", client, func() bool {
-		return len(replies(t, client.log.String())) >= before+2
+		return len(replies(t, client.Log.String())) >= before+2
 	})
-	assert.Equal(t, 2, strings.Count(client.log.String(), "paired with a server for \"example-echo\"\n"))
-	assert.Contains(t, second.log.String(), "echo-server: got: hello ")
+	assert.Equal(t, 2, strings.Count(client.Log.String(), "paired with a server for \"example-echo\"\n"))
+	assert.Contains(t, second.Log.String(), "echo-server: got: hello ")
 	// The numbers go on over the pairs (a line lost with the first
 	// server leaves a gap).
-	ns := replies(t, client.log.String())
+	ns := replies(t, client.Log.String())
 	for i := 1; i < len(ns); i++ {
 		a, _ := strconv.Atoi(ns[i-1])
 		b, _ := strconv.Atoi(ns[i])
@@ -250,7 +214,7 @@ func TestEchoClientStops(t *testing.T) {
 		client := start(t, []string{"ONE_SOCKET_PATH=" + filepath.Join(dir, "none.socket"), "PAIR_KEY=" + key},
 			"one-socket-echo-client")
 		waitFor(t, "the client to fail", client, func() bool {
-			return strings.Contains(client.log.String(), "connect: no such file or directory; asking for a new pair in 1s\n")
+			return strings.Contains(client.Log.String(), "connect: no such file or directory; asking for a new pair in 1s\n")
 		})
 		stop(t, client)
 	})
@@ -261,9 +225,9 @@ func TestEchoClientStops(t *testing.T) {
 func TestEchoClientUsage(t *testing.T) {
 	for _, args := range [][]string{{}, {"-key="}, {"-key=k", "-interval=0s"}, {"-key=k", "extra"}} {
 		c := start(t, []string{"ONE_SOCKET_PATH=/nonexistent"}, "one-socket-echo-client", args...)
-		<-c.done
+		<-c.Done()
 		var ee *exec.ExitError
-		require.ErrorAs(t, c.err, &ee, "%q", args)
-		assert.Equal(t, 2, ee.ExitCode(), "%q: %s", args, c.log.String())
+		require.ErrorAs(t, c.Err, &ee, "%q", args)
+		assert.Equal(t, 2, ee.ExitCode(), "%q: %s", args, c.Log.String())
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/one-socket/one-socket/internal/testutil"
 )
 
 // The node test does on this machine what the kubelet and a container
@@ -84,14 +86,6 @@ type container struct {
 	groups []int64
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *logBuffer
-	done chan struct{}
-	err  error
-}
-
 func newNode(t *testing.T, d *Deployment) *node {
 	root, err := os.MkdirTemp("", "one-socket-node-")
 	require.NoError(t, err)
@@ -103,7 +97,7 @@ func newNode(t *testing.T, d *Deployment) *node {
 
 // startPod sets up a pod's volumes, runs its init containers to the end
 // and starts its containers.
-func (n *node) startPod(p *Pod) (*pod, map[string]*proc) {
+func (n *node) startPod(p *Pod) (*pod, map[string]*testutil.Proc) {
 	t := n.t
 	pd := &pod{n: n, spec: p, vols: map[string]string{}}
 	for _, v := range p.Spec.Volumes {
@@ -132,7 +126,7 @@ func (n *node) startPod(p *Pod) (*pod, map[string]*proc) {
 		code, out := c.run(c.argv()...)
 		require.Equal(t, 0, code, "%s: init container %s: %s", p, c.c.Name, out)
 	}
-	procs := map[string]*proc{}
+	procs := map[string]*testutil.Proc{}
 	for i := range p.Spec.Containers {
 		c := pd.container(p.Spec.Containers[i].Name)
 		procs[c.c.Name] = c.start(c.argv()...)
@@ -297,51 +291,21 @@ func (c *container) run(argv ...string) (int, string) {
 
 // start starts argv in the container; the test's end kills what is left
 // of it.
-func (c *container) start(argv ...string) *proc {
-	t := c.pod.n.t
-	p := &proc{name: c.pod.spec.Name + "/" + c.c.Name, cmd: c.command(argv...), log: &logBuffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("log of %s:\n%s", p.name, p.log.String())
-		}
-	})
-	return p
-}
-
-// kill ends the process and its children, as the kubelet does after the
-// grace period.
-func (p *proc) kill() {
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+func (c *container) start(argv ...string) *testutil.Proc {
+	return testutil.StartProc(c.pod.n.t, c.pod.spec.Name+"/"+c.c.Name, c.command(argv...))
 }
 
 // waitFor polls cond until it holds; the deadline only keeps a broken
 // run from hanging.
-func waitFor(t *testing.T, what string, cond func() bool, p *proc) {
+func waitFor(t *testing.T, what string, cond func() bool, p *testutil.Proc) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
-		if p.exited() {
-			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.name, p.err, p.log.String())
+		if p.Exited() {
+			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.Name, p.Err, p.Log.String())
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.name, p.log.String())
+			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.Name, p.Log.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -390,8 +354,8 @@ func TestNode(t *testing.T) {
 	daemon := brokerPod.container(b.Container.Name)
 	ready := func() bool { code, _ := daemon.probe(b.Container.ReadinessProbe); return code == 0 }
 	waitFor(t, "the readiness probe to pass", ready, daemonProc)
-	assert.Contains(t, daemonProc.log.String(), `msg="one-socket started"`)
-	assert.Contains(t, daemonProc.log.String(), daemon.translate(b.PolicyFile)+": 2 rules (2 allow, 0 deny), default deny\"")
+	assert.Contains(t, daemonProc.Log.String(), `msg="one-socket started"`)
+	assert.Contains(t, daemonProc.Log.String(), daemon.translate(b.PolicyFile)+": 2 rules (2 allow, 0 deny), default deny\"")
 
 	// What the init container and the daemon made on the node.
 	requireOwner(t, n.path(b.Dir), b.DirOwner, b.DirGroup, os.ModeDir|b.DirMode)
@@ -401,14 +365,14 @@ func TestNode(t *testing.T) {
 	requireOwner(t, n.path(b.CtlSocket), b.UID, b.GID, os.ModeSocket|0o600)
 
 	// The example: both pods log what crossed the pair.
-	started := map[*Pod]map[string]*proc{}
+	started := map[*Pod]map[string]*testutil.Proc{}
 	pods := map[string]*pod{}
 	for _, cl := range d.Clients() {
 		if _, ok := started[cl.Pod]; !ok {
 			pods[cl.Pod.Name], started[cl.Pod] = n.startPod(cl.Pod)
 		}
 	}
-	var server, client *proc
+	var server, client *testutil.Proc
 	for p, procs := range started {
 		switch p.Name {
 		case "echo-server":
@@ -424,30 +388,30 @@ func TestNode(t *testing.T) {
 	// paired.
 	require.Equal(t, []string{EchoClient}, pods["echo-client"].spec.Spec.Containers[0].Command)
 	waitFor(t, "the client's first answer", func() bool {
-		return strings.Contains(client.log.String(), "paired with a server for \"example-echo\"\n"+
+		return strings.Contains(client.Log.String(), "paired with a server for \"example-echo\"\n"+
 			"sent \"hello 1\", got \"you said: hello 1\"\n")
 	}, client)
 	waitFor(t, "the server's first line", func() bool {
-		return strings.Contains(server.log.String(), "echo-server: got: hello 1\n")
+		return strings.Contains(server.Log.String(), "echo-server: got: hello 1\n")
 	}, server)
 
 	// The server pod goes and comes back (the kubelet restarts it): the
 	// client says why its pair failed, asks again, and talks to the new
 	// server.
-	server.kill()
+	server.Kill()
 	waitFor(t, "the client to notice", func() bool {
-		return strings.Contains(client.log.String(), "; asking for a new pair in 1s\n")
+		return strings.Contains(client.Log.String(), "; asking for a new pair in 1s\n")
 	}, client)
 	_, restarted := n.startPod(pods["echo-server"].spec)
 	server = restarted["echo-server"]
 	answered := regexp.MustCompile(`paired with a server for "example-echo"\nsent "hello (\d+)", got "you said: hello (\d+)"\n`)
 	waitFor(t, "an answer from the new server", func() bool {
-		return len(answered.FindAllString(client.log.String(), -1)) == 2
+		return len(answered.FindAllString(client.Log.String(), -1)) == 2
 	}, client)
-	m := answered.FindAllStringSubmatch(client.log.String(), -1)[1]
+	m := answered.FindAllStringSubmatch(client.Log.String(), -1)[1]
 	assert.Equal(t, m[1], m[2])
 	waitFor(t, "the new server's log of the line", func() bool {
-		return strings.Contains(server.log.String(), "echo-server: got: hello "+m[1]+"\n")
+		return strings.Contains(server.Log.String(), "echo-server: got: hello "+m[1]+"\n")
 	}, server)
 
 	// What the guide does with kubectl exec: one-socketctl pair in the
@@ -501,23 +465,23 @@ func TestNode(t *testing.T) {
 	st := daemon.status(b.CtlSocket)
 	assert.EqualValues(t, 2, st["denied_total"])
 	assert.GreaterOrEqual(t, st["paired_total"], float64(1))
-	assert.Contains(t, daemonProc.log.String(), `msg="request denied" pid=`)
-	assert.Contains(t, daemonProc.log.String(), " uid=2003 gid=2003 mode=client key=example-echo")
+	assert.Contains(t, daemonProc.Log.String(), `msg="request denied" pid=`)
+	assert.Contains(t, daemonProc.Log.String(), " uid=2003 gid=2003 mode=client key=example-echo")
 	code, out = daemon.probe(b.Container.LivenessProbe)
 	assert.Equal(t, 0, code, "liveness probe: %s", out)
 
 	// The kubelet deletes the pods: the server's sh ignores SIGTERM as
 	// process 1 and is killed; the client stops on SIGTERM, with status
 	// 0; the broker too, and it removes its sockets.
-	server.kill()
-	require.NoError(t, client.cmd.Process.Signal(syscall.SIGTERM))
-	<-client.done
-	assert.NoError(t, client.err, "the client's exit: %s", client.log.String())
-	assert.True(t, strings.HasSuffix(client.log.String(), "stopping: terminated signal received\n"), "%s", client.log.String())
-	require.NoError(t, daemonProc.cmd.Process.Signal(syscall.SIGTERM))
-	<-daemonProc.done
-	assert.NoError(t, daemonProc.err, "the broker's exit: %s", daemonProc.log.String())
-	assert.Contains(t, daemonProc.log.String(), `msg="one-socket stopped" reason=terminated`)
+	server.Kill()
+	require.NoError(t, client.Cmd.Process.Signal(syscall.SIGTERM))
+	<-client.Done()
+	assert.NoError(t, client.Err, "the client's exit: %s", client.Log.String())
+	assert.True(t, strings.HasSuffix(client.Log.String(), "stopping: terminated signal received\n"), "%s", client.Log.String())
+	require.NoError(t, daemonProc.Cmd.Process.Signal(syscall.SIGTERM))
+	<-daemonProc.Done()
+	assert.NoError(t, daemonProc.Err, "the broker's exit: %s", daemonProc.Log.String())
+	assert.Contains(t, daemonProc.Log.String(), `msg="one-socket stopped" reason=terminated`)
 	for _, s := range []string{b.Socket, b.CtlSocket} {
 		_, err := os.Lstat(n.path(s))
 		assert.ErrorIs(t, err, os.ErrNotExist, "%s after the stop", s)

@@ -1,0 +1,63 @@
+package testutil
+
+import (
+	"os/exec"
+	"syscall"
+	"testing"
+)
+
+// Proc is a process a test runs in a process group of its own, so that
+// killing it ends whatever it started too.
+type Proc struct {
+	Name string
+	Cmd  *exec.Cmd
+	Log  *LockedBuffer // its standard output and error
+	Err  error         // what Wait returned, once Done is closed
+	done chan struct{}
+}
+
+// StartProc starts cmd, called name in messages, with its output in Log.
+// At t's cleanup the process group is killed, and if t failed its log is
+// printed.
+func StartProc(t testing.TB, name string, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	p := &Proc{Name: name, Cmd: cmd, Log: &LockedBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.Log, p.Log
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() {
+		p.Err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", p.Name, p.Log.String())
+		}
+	})
+	return p
+}
+
+// Done is closed once the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Kill kills the process group and waits for the process to exit.
+func (p *Proc) Kill() {
+	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// Exited reports whether the process has exited.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
