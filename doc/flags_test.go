@@ -41,6 +41,26 @@ var (
 // stringSet is a set of names, printed sorted.
 type stringSet map[string]bool
 
+// union returns a set of every name in sets.
+func union(sets ...stringSet) stringSet {
+	u := stringSet{}
+	for _, set := range sets {
+		for f := range set {
+			u[f] = true
+		}
+	}
+	return u
+}
+
+// keys returns the set of m's keys.
+func keys[V any](m map[string]V) stringSet {
+	s := stringSet{}
+	for k := range m {
+		s[k] = true
+	}
+	return s
+}
+
 func (s stringSet) sorted() []string {
 	var out []string
 	for k := range s {
@@ -191,18 +211,7 @@ func TestDaemonFlags(t *testing.T) {
 	}
 	subset(t, place{"doc/one-socket.8", "SYNOPSIS"}, synopsis, withHelp, "flag", "one-socket --help")
 
-	known := stringSet{}
-	for _, set := range []stringSet{withHelp, ctlFlags} {
-		for f := range set {
-			known[f] = true
-		}
-	}
-	for f := range hiddenDaemonFlags {
-		known[f] = true
-	}
-	for f := range foreignFlags {
-		known[f] = true
-	}
+	known := union(withHelp, ctlFlags, keys(hiddenDaemonFlags), keys(foreignFlags))
 	checkMentions(t, "README.md", readme.lines, nil, known)
 	checkMentions(t, "doc/one-socket.md", guide.lines, nil, known)
 	checkMentions(t, "doc/one-socket.8", man.lines, roffText, known)
@@ -298,15 +307,7 @@ func TestCtlCommands(t *testing.T) {
 	compare(t, place{"doc/one-socketctl.md", "synopsis"}, named, commands, nil, "command", "one-socketctl --help")
 	subset(t, place{"doc/one-socketctl.md", "synopsis"}, blockFlags(synopsis), ctlFlags, "flag", "one-socketctl --help")
 
-	known := stringSet{}
-	for _, set := range []stringSet{ctlFlags, flags} {
-		for f := range set {
-			known[f] = true
-		}
-	}
-	for f := range foreignFlags {
-		known[f] = true
-	}
+	known := union(ctlFlags, flags, keys(foreignFlags))
 	checkMentions(t, "doc/one-socketctl.md", guide.lines, nil, known)
 	checkMentions(t, "doc/one-socketctl.8", man.lines, roffText, known)
 }

@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Proc is a process a test runs in a process group of its own, so that
@@ -59,5 +60,22 @@ func (p *Proc) Exited() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// WaitFor polls cond until it holds, failing t if the process exits first.
+// The minute's deadline only keeps a broken run from hanging the test;
+// nothing here is a matter of speed.
+func (p *Proc) WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if p.Exited() {
+			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.Name, p.Err, p.Log.String())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.Name, p.Log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

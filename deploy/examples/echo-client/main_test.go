@@ -15,7 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -73,22 +72,6 @@ func start(t *testing.T, env []string, name string, args ...string) *testutil.Pr
 	return testutil.StartProc(t, name, cmd)
 }
 
-// waitFor polls cond until it holds. The deadline only keeps a broken run
-// from hanging the test; nothing here is a matter of speed.
-func waitFor(t *testing.T, what string, p *testutil.Proc, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if p.Exited() {
-			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.Name, p.Err, p.Log.String())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.Name, p.Log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // broker is a running daemon.
 type broker struct {
 	socket, ctl string
@@ -104,7 +87,7 @@ func startBroker(t *testing.T) *broker {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	b := &broker{socket: filepath.Join(dir, "one.socket"), ctl: filepath.Join(dir, "one-socket.ctl")}
 	b.proc = start(t, nil, "one-socket", "--socket="+b.socket, "--ctl-socket="+b.ctl)
-	waitFor(t, "the broker to start", b.proc, func() bool {
+	b.proc.WaitFor(t, "the broker to start", func() bool {
 		return strings.Contains(b.proc.Log.String(), `msg="one-socket started"`)
 	})
 	return b
@@ -161,8 +144,8 @@ func TestEchoClient(t *testing.T) {
 	client := b.startClient(t, "10ms")
 
 	// Several lines on one pair, each answered.
-	waitFor(t, "three answers", client, func() bool { return len(replies(t, client.Log.String())) >= 3 })
-	waitFor(t, "the server's log of the first line", server, func() bool {
+	client.WaitFor(t, "three answers", func() bool { return len(replies(t, client.Log.String())) >= 3 })
+	server.WaitFor(t, "the server's log of the first line", func() bool {
 		return strings.Contains(server.Log.String(), "echo-server: got: hello 1\n")
 	})
 	assert.Equal(t, []string{"1", "2", "3"}, replies(t, client.Log.String())[:3])
@@ -171,7 +154,7 @@ func TestEchoClient(t *testing.T) {
 	// The server goes away: the client says why and asks again.
 	server.Kill()
 	var before int
-	waitFor(t, "the client to notice", client, func() bool {
+	client.WaitFor(t, "the client to notice", func() bool {
 		log := client.Log.String()
 		before = len(replies(t, log))
 		return strings.Contains(log, "; asking for a new pair in 1s\n")
@@ -179,9 +162,9 @@ func TestEchoClient(t *testing.T) {
 	assert.Regexp(t, `\n(the server hung up|sending "hello \d+": .*broken pipe|reading the reply to "hello \d+": .*connection reset by peer); asking for a new pair in 1s\n`,
 		client.Log.String())
 	// It waits in the broker for the next server, which it gets.
-	waitFor(t, "the client to wait for a server", client, func() bool { return b.waiting(t) == 1 })
+	client.WaitFor(t, "the client to wait for a server", func() bool { return b.waiting(t) == 1 })
 	second := b.startServer(t)
-	waitFor(t, "answers from the second server", client, func() bool {
+	client.WaitFor(t, "answers from the second server", func() bool {
 		return len(replies(t, client.Log.String())) >= before+2
 	})
 	assert.Equal(t, 2, strings.Count(client.Log.String(), "paired with a server for \"example-echo\"\n"))
@@ -204,16 +187,16 @@ func TestEchoClientStops(t *testing.T) {
 	t.Run("waiting for a server", func(t *testing.T) {
 		b := startBroker(t)
 		client := b.startClient(t, "1s")
-		waitFor(t, "the client to wait", client, func() bool { return b.waiting(t) == 1 })
+		client.WaitFor(t, "the client to wait", func() bool { return b.waiting(t) == 1 })
 		stop(t, client)
 		// The broker forgets it.
-		waitFor(t, "the broker to forget the client", b.proc, func() bool { return b.waiting(t) == 0 })
+		b.proc.WaitFor(t, "the broker to forget the client", func() bool { return b.waiting(t) == 0 })
 	})
 	t.Run("pausing after a failure", func(t *testing.T) {
 		dir := t.TempDir()
 		client := start(t, []string{"ONE_SOCKET_PATH=" + filepath.Join(dir, "none.socket"), "PAIR_KEY=" + key},
 			"one-socket-echo-client")
-		waitFor(t, "the client to fail", client, func() bool {
+		client.WaitFor(t, "the client to fail", func() bool {
 			return strings.Contains(client.Log.String(), "connect: no such file or directory; asking for a new pair in 1s\n")
 		})
 		stop(t, client)

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -295,22 +294,6 @@ func (c *container) start(argv ...string) *testutil.Proc {
 	return testutil.StartProc(c.pod.n.t, c.pod.spec.Name+"/"+c.c.Name, c.command(argv...))
 }
 
-// waitFor polls cond until it holds; the deadline only keeps a broken
-// run from hanging.
-func waitFor(t *testing.T, what string, cond func() bool, p *testutil.Proc) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if p.Exited() {
-			t.Fatalf("waiting for %s: %s ended (%v):\n%s", what, p.Name, p.Err, p.Log.String())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: it did not happen; log of %s:\n%s", what, p.Name, p.Log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // probe runs an exec probe in the container.
 func (c *container) probe(pr *corev1.Probe) (int, string) { return c.run(pr.Exec.Command...) }
 
@@ -353,7 +336,7 @@ func TestNode(t *testing.T) {
 	daemonProc := procs[b.Container.Name]
 	daemon := brokerPod.container(b.Container.Name)
 	ready := func() bool { code, _ := daemon.probe(b.Container.ReadinessProbe); return code == 0 }
-	waitFor(t, "the readiness probe to pass", ready, daemonProc)
+	daemonProc.WaitFor(t, "the readiness probe to pass", ready)
 	assert.Contains(t, daemonProc.Log.String(), `msg="one-socket started"`)
 	assert.Contains(t, daemonProc.Log.String(), daemon.translate(b.PolicyFile)+": 2 rules (2 allow, 0 deny), default deny\"")
 
@@ -387,32 +370,32 @@ func TestNode(t *testing.T) {
 	// on PATH as in the image; it sends its first line as soon as it is
 	// paired.
 	require.Equal(t, []string{EchoClient}, pods["echo-client"].spec.Spec.Containers[0].Command)
-	waitFor(t, "the client's first answer", func() bool {
+	client.WaitFor(t, "the client's first answer", func() bool {
 		return strings.Contains(client.Log.String(), "paired with a server for \"example-echo\"\n"+
 			"sent \"hello 1\", got \"you said: hello 1\"\n")
-	}, client)
-	waitFor(t, "the server's first line", func() bool {
+	})
+	server.WaitFor(t, "the server's first line", func() bool {
 		return strings.Contains(server.Log.String(), "echo-server: got: hello 1\n")
-	}, server)
+	})
 
 	// The server pod goes and comes back (the kubelet restarts it): the
 	// client says why its pair failed, asks again, and talks to the new
 	// server.
 	server.Kill()
-	waitFor(t, "the client to notice", func() bool {
+	client.WaitFor(t, "the client to notice", func() bool {
 		return strings.Contains(client.Log.String(), "; asking for a new pair in 1s\n")
-	}, client)
+	})
 	_, restarted := n.startPod(pods["echo-server"].spec)
 	server = restarted["echo-server"]
 	answered := regexp.MustCompile(`paired with a server for "example-echo"\nsent "hello (\d+)", got "you said: hello (\d+)"\n`)
-	waitFor(t, "an answer from the new server", func() bool {
+	client.WaitFor(t, "an answer from the new server", func() bool {
 		return len(answered.FindAllString(client.Log.String(), -1)) == 2
-	}, client)
+	})
 	m := answered.FindAllStringSubmatch(client.Log.String(), -1)[1]
 	assert.Equal(t, m[1], m[2])
-	waitFor(t, "the new server's log of the line", func() bool {
+	server.WaitFor(t, "the new server's log of the line", func() bool {
 		return strings.Contains(server.Log.String(), "echo-server: got: hello "+m[1]+"\n")
-	}, server)
+	})
 
 	// What the guide does with kubectl exec: one-socketctl pair in the
 	// client pod is answered by the server's second loop while the
