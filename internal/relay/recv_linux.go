@@ -1,0 +1,313 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// scmMaxFD is the kernel's limit on descriptors in one message (SCM_MAX_FD),
+// and so the most one read can return.
+const scmMaxFD = 253
+
+// bufSize is what one read takes at most. Larger reads cost fewer system
+// calls per byte; this is where a byte stream's throughput stops growing
+// here (doc/performance.md).
+const bufSize = 64 << 10
+
+// A chunk is what one read took from a socket: bytes, and the descriptors
+// sent with the first of them (none for plain bytes).
+type chunk struct {
+	data []byte
+	fds  []int
+}
+
+// reader reads a Unix stream socket in chunks whose descriptors belong to
+// their first byte.
+//
+// What Linux shows of a queue's sends, measured on 6.x kernels: a MSG_PEEK
+// with no room for control data sets MSG_CTRUNC when a send with
+// descriptors is anywhere in the queue (the peek walks on past the bytes
+// it copies), and copies at most up to the end of the first such send; a
+// consuming read returns the descriptors with the first read that touches
+// that send's bytes. No peek tells where the send starts.
+//
+// So a read first asks how much is queued (SIOCINQ), then peeks one byte.
+// Without MSG_CTRUNC, every queued byte is plain and one read takes them.
+// With it, a peek of a whole buffer finds the end of the send with
+// descriptors, and one recvmmsg reads the bytes up to there one byte per
+// message, each with its own result: the entry that brings the
+// descriptors is the send's first byte. The plain bytes before it become
+// one chunk and the send's bytes, with the descriptors, the next.
+//
+// The byte-wise read costs one message header per byte that queued up in
+// front of the send; when the relay keeps up the send is first in the
+// queue and it is one byte.
+type reader struct {
+	rc   syscall.RawConn
+	buf  []byte
+	oob  []byte
+	next *chunk // the second chunk of a split read, not yet returned
+	err  error  // set by fill
+	got  []chunk
+
+	// The byte-wise read's message headers and vectors, made on first
+	// use: many relays never see a queued send with descriptors.
+	hdrs []unix.Mmsghdr
+	iovs []unix.Iovec
+}
+
+// maxBytewise is how many one-byte messages one recvmmsg asks for
+// (UIO_MAXIOV, the kernel's own bound on its vectors).
+const maxBytewise = 1024
+
+func newReader(c syscall.Conn) (*reader, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := &reader{
+		rc:  rc,
+		buf: make([]byte, bufSize),
+		oob: make([]byte, unix.CmsgSpace(scmMaxFD*4)),
+	}
+	// Peeks must start at the head of the queue; a socket handed to us
+	// might have SO_PEEK_OFF set.
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = os.NewSyscallError("setsockopt SO_PEEK_OFF", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEEK_OFF, -1))
+	}); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, serr
+	}
+	return r, nil
+}
+
+// read returns the next chunk, or io.EOF at the end of the stream. The
+// chunk's bytes are valid until the next read; the caller owns its
+// descriptors.
+func (r *reader) read() (chunk, error) {
+	if r.next != nil {
+		c := *r.next
+		r.next = nil
+		return c, nil
+	}
+	r.got, r.err = r.got[:0], nil
+	if err := r.rc.Read(func(fd uintptr) bool { return r.fill(int(fd)) }); err != nil {
+		return chunk{}, err
+	}
+	switch {
+	case r.err != nil:
+		for _, c := range r.got {
+			closeAll(c.fds)
+		}
+		return chunk{}, r.err
+	case len(r.got) == 0:
+		return chunk{}, io.EOF
+	case len(r.got) == 2:
+		r.next = &r.got[1]
+	}
+	return r.got[0], nil
+}
+
+// fill does one read on fd, leaving its chunks in r.got (none at the end
+// of the stream) or its failure in r.err. It returns false to wait for the
+// socket to be readable.
+func (r *reader) fill(fd int) bool {
+	for {
+		// Asked before the peek: bytes that arrive after it are not
+		// covered by the peek's answer.
+		queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+		if err != nil {
+			r.err = os.NewSyscallError("ioctl SIOCINQ", err)
+			return true
+		}
+		n, rights, err := peek(fd, r.buf[:1])
+		switch {
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			r.err = os.NewSyscallError("recvmsg", err)
+			return true
+		case n == 0:
+			return true
+		case queued == 0:
+			continue // arrived between the two: ask again
+		case !rights:
+			r.err = r.take(fd, 0, min(queued, len(r.buf)), false)
+			return true
+		}
+		end, _, err := peek(fd, r.buf)
+		if err != nil {
+			r.err = os.NewSyscallError("recvmsg", err)
+			return true
+		}
+		r.err = r.bytewise(fd, end)
+		return true
+	}
+}
+
+// peek looks at the head of the queue without taking it, and reports
+// whether a send with descriptors is queued.
+func peek(fd int, buf []byte) (n int, rights bool, err error) {
+	for {
+		n, _, flags, _, err := unix.Recvmsg(fd, buf, nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != unix.EINTR {
+			return n, flags&unix.MSG_CTRUNC != 0, err
+		}
+	}
+}
+
+// bytewise reads buf[:end] one byte per message, where end is no further
+// than the end of the first queued send with descriptors, and splits it
+// where the descriptors come.
+func (r *reader) bytewise(fd, end int) error {
+	if r.hdrs == nil {
+		r.hdrs = make([]unix.Mmsghdr, maxBytewise)
+		r.iovs = make([]unix.Iovec, maxBytewise)
+	}
+	for off := 0; off < end; {
+		k := min(end-off, maxBytewise)
+		for j := 0; j < k; j++ {
+			r.iovs[j] = unix.Iovec{Base: &r.buf[off+j], Len: 1}
+			// One control buffer serves all: only the entry that
+			// touches the send with descriptors writes to it.
+			r.hdrs[j] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &r.iovs[j], Iovlen: 1, Control: &r.oob[0]}}
+			r.hdrs[j].Hdr.SetControllen(len(r.oob))
+		}
+		got, err := recvmmsg(fd, r.hdrs[:k], unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		for j := 0; j < got; j++ {
+			h := &r.hdrs[j]
+			if h.Len != 1 {
+				return errQueueShrank
+			}
+			if h.Hdr.Controllen == 0 {
+				continue
+			}
+			fds, err := parseRights(r.oob[:h.Hdr.Controllen])
+			if err == nil && h.Hdr.Flags&unix.MSG_CTRUNC != 0 {
+				err = errors.New("recvmsg: control data truncated: descriptors lost")
+			}
+			if err != nil {
+				closeAll(fds)
+				return err
+			}
+			start := off + j
+			if start > 0 {
+				r.got = append(r.got, chunk{data: r.buf[:start]})
+			}
+			// The rest of the send, up to end, carries no more.
+			if rest := off + got; rest < end {
+				err := r.take(fd, rest, end, false)
+				if err == nil && len(r.got[len(r.got)-1].data) != end-rest {
+					err = errQueueShrank
+				}
+				if err != nil {
+					closeAll(fds)
+					return err
+				}
+				r.got = r.got[:len(r.got)-1] // its bytes are in place in buf
+			}
+			r.got = append(r.got, chunk{data: r.buf[start:end], fds: fds})
+			return nil
+		}
+		if got < k {
+			return errQueueShrank
+		}
+		off += k
+	}
+	// The send starts at end or later: these bytes are all plain.
+	r.got = append(r.got, chunk{data: r.buf[:end]})
+	return nil
+}
+
+// recvmmsg receives into hdrs and returns how many entries were filled.
+func recvmmsg(fd int, hdrs []unix.Mmsghdr, flags int) (int, error) {
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])), uintptr(len(hdrs)), uintptr(flags), 0, 0)
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, os.NewSyscallError("recvmmsg", errno)
+	}
+}
+
+// errQueueShrank means that bytes seen by a peek were gone: someone else
+// reads the socket too, and no relay can be exact then.
+var errQueueShrank = errors.New("bytes seen in the receive queue vanished: another process reads this socket")
+
+// take reads buf[off:end], which the last peek saw, into a chunk. The
+// descriptors come with it if and only if rights says they should.
+func (r *reader) take(fd, off, end int, rights bool) error {
+	var n, oobn, flags int
+	var err error
+	for {
+		n, oobn, flags, _, err = unix.Recvmsg(fd, r.buf[off:end], r.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return os.NewSyscallError("recvmsg", err)
+	}
+	if n == 0 {
+		return errQueueShrank
+	}
+	fds, perr := parseRights(r.oob[:oobn])
+	switch {
+	case perr != nil:
+		closeAll(fds)
+		return perr
+	case flags&unix.MSG_CTRUNC != 0:
+		// Cannot happen with room for SCM_MAX_FD descriptors; if it did,
+		// the kernel has closed some, and forwarding the rest would lie.
+		closeAll(fds)
+		return errors.New("recvmsg: control data truncated: descriptors lost")
+	case rights != (len(fds) > 0):
+		closeAll(fds)
+		return errQueueShrank
+	}
+	r.got = append(r.got, chunk{data: r.buf[off : off+n], fds: fds})
+	return nil
+}
+
+// parseRights returns the descriptors in control data, and an error for
+// any other kind of message (none is asked for).
+func parseRights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, os.NewSyscallError("recvmsg: parsing control data", err)
+	}
+	var fds []int
+	var bad error
+	for i := range msgs {
+		got, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			bad = errors.New("recvmsg: control data other than SCM_RIGHTS")
+			continue
+		}
+		fds = append(fds, got...)
+	}
+	return fds, bad
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
