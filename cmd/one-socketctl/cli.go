@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +25,16 @@ type options struct {
 	mode      libspbroker.Mode
 	help      bool
 	version   bool
+
+	// pair's ways to reach a program that cannot take a connected
+	// socket (adapt.go); at most one of the first three.
+	listeningFD   bool
+	connect       string
+	listen        string
+	listenMode    os.FileMode
+	listenModeSet bool
+	wait          time.Duration
+	handoff       bool
 
 	command string
 	args    []string // the command's arguments
@@ -61,8 +73,10 @@ var commands = []*command{
 	{name: "version", help: "print this tool's and the running broker's versions",
 		flags: controlFlags, run: (*app).versions},
 	{name: "pair", synopsis: "KEY [-- CMD [ARG...]]",
-		help:  "get a pair: bridge it to stdin/stdout, or to CMD as fd 3",
-		flags: []string{"socket", "timeout", "hex", "mode"}, min: 1, max: 1, run: (*app).pair},
+		help: "get a pair: bridge it to stdin/stdout, or to CMD as fd 3",
+		flags: []string{"socket", "timeout", "hex", "mode",
+			"listening-fd", "connect", "listen", "listen-mode", "wait", "handoff"},
+		min: 1, max: 1, run: (*app).pair},
 	{name: "help", synopsis: "[COMMAND]", help: "print this help", max: 1},
 }
 
@@ -112,6 +126,26 @@ func newFlagSet(o *options) *flag.FlagSet {
 		}
 		return nil
 	})
+	set.BoolVar(&o.listeningFD, "listening-fd", false, "")
+	set.StringVar(&o.connect, "connect", "", "")
+	set.StringVar(&o.listen, "listen", "", "")
+	set.Func("listen-mode", "", func(s string) error {
+		m, err := strconv.ParseUint(s, 8, 32)
+		if err != nil || m > 0777 {
+			return fmt.Errorf("want an octal mode such as 0600 or 0660")
+		}
+		o.listenMode, o.listenModeSet = os.FileMode(m), true
+		return nil
+	})
+	set.Func("wait", "", func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("want a positive duration such as 500ms, 5s or 1m")
+		}
+		o.wait = d
+		return nil
+	})
+	set.BoolVar(&o.handoff, "handoff", false, "")
 	set.BoolVar(&o.help, "help", false, "")
 	set.BoolVar(&o.help, "h", false, "")
 	set.BoolVar(&o.version, "version", false, "")
@@ -272,9 +306,14 @@ func (a *app) run(args []string) int {
 // check validates the arguments of the command, before anything is sent.
 func (o *options) check() error {
 	switch o.command {
-	case "drop", "pair":
+	case "drop":
 		_, err := o.key()
 		return err
+	case "pair":
+		if _, err := o.key(); err != nil {
+			return err
+		}
+		return o.checkAdapter()
 	case "log-level":
 		_, err := o.level()
 		return err
@@ -310,6 +349,15 @@ Flags (before or after the command):
                       answer (default 5s), or pair's peer (default: never)
   --hex               drop, pair: KEY is hexadecimal (0x optional)
   --mode MODE         pair: none (the default), client or server
+  --listening-fd      pair: CMD gets a listening socket as fd 3; the tool
+                      connects to it and relays
+  --connect PATH      pair: connect to the program listening on PATH, and relay
+  --listen PATH       pair: listen on PATH for the program to connect, and relay
+  --listen-mode MODE  pair: PATH's mode for --listen (default 0600)
+  --wait D            pair: how long the program has to accept or connect,
+                      or PATH to appear (default 30s)
+  --handoff           pair: with one-socketctl --handoff on the other end,
+                      hand the connection over instead of relaying
   --version           print one-socketctl's version and exit
   -h, --help          print this help and exit
 
@@ -318,6 +366,16 @@ input it shuts down its sending side and keeps printing what the peer sends
 until the peer closes. With "-- CMD [ARG...]" it runs CMD instead, with the
 socket as descriptor 3 and LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES set as
 systemd does, and exits with CMD's status.
+
+For a program that cannot take a connected socket, pair relays instead:
+bytes both ways, and each SCM_RIGHTS descriptor with the byte it came
+with. --listening-fd is for programs that listen on a descriptor they are
+given (qemu-storage-daemon addr.type=fd, QEMU server=on,fd=3, virtiofsd
+--fd); --connect for those that listen on a path (DPDK vhost client=0);
+--listen for those that connect to one (DPDK client=1, QEMU path=).
+--handoff must be given on both ends; they then pair only with each other,
+and one hands its connection to the other, so that the programs talk
+directly. See doc/hosts.md.
 
 Exit status: 0 on success, 1 on failure, 2 for a bad command line.
 `)

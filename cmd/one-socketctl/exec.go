@@ -55,54 +55,97 @@ const selfExe = "/proc/self/exe"
 // command; SIGINT and SIGQUIT, which a terminal sends to the command as
 // well, are not.
 func (a *app) runWithPair(f *os.File, key []byte, path string, argv []string) int {
-	cmd := &exec.Cmd{
-		Path:       selfExe,
-		Args:       append([]string{"one-socketctl", shimCommand, path}, argv...),
-		Env:        listenEnv(os.Environ(), fdName(key)),
-		Stdin:      a.stdin,
-		Stdout:     a.stdout,
-		Stderr:     a.stderr,
-		ExtraFiles: []*os.File{f}, // descriptor 3 in the child
+	c, err := a.startCommand(f, key, path, argv)
+	if err != nil {
+		return exitCannotRun
+	}
+	return c.wait()
+}
+
+// child is a program one-socketctl started and waits for.
+type child struct {
+	a    *app
+	cmd  *exec.Cmd
+	name string
+	sigs chan os.Signal
+	done chan struct{} // closed once it has exited
+	err  error         // what Wait returned, once done is closed
+}
+
+// startCommand starts argv (argv[0] found at path) and passes on SIGTERM
+// and SIGHUP to it until it exits. With f, it runs as runWithPair says,
+// and startCommand owns and closes f; without, it runs with no LISTEN_
+// variables. A failure to start is reported here.
+func (a *app) startCommand(f *os.File, key []byte, path string, argv []string) (*child, error) {
+	c := &child{a: a, name: argv[0], sigs: make(chan os.Signal, 4), done: make(chan struct{})}
+	c.cmd = &exec.Cmd{
+		Path:   path,
+		Args:   argv,
+		Env:    withoutListenVars(os.Environ()),
+		Stdin:  a.stdin,
+		Stdout: a.stdout,
+		Stderr: a.stderr,
+	}
+	if f != nil {
+		c.cmd.Path = selfExe
+		c.cmd.Args = append([]string{"one-socketctl", shimCommand, path}, argv...)
+		c.cmd.Env = listenEnv(os.Environ(), fdName(key))
+		c.cmd.ExtraFiles = []*os.File{f} // descriptor 3 in the child
 	}
 	// Caught rather than ignored, so that the command starts with the
 	// default dispositions (exec resets caught signals, not ignored ones).
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-
-	err := cmd.Start()
-	f.Close()
-	if err != nil {
-		a.errorf("pair: cannot start %s: %v", argv[0], err)
-		return exitCannotRun
+	signal.Notify(c.sigs, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP)
+	err := c.cmd.Start()
+	if f != nil {
+		f.Close()
 	}
-	done := make(chan struct{})
-	defer close(done)
+	if err != nil {
+		signal.Stop(c.sigs)
+		a.errorf("pair: cannot start %s: %v", argv[0], err)
+		return nil, err
+	}
+	go func() {
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
 	go func() {
 		for {
 			select {
-			case s := <-sigs:
+			case s := <-c.sigs:
 				if s == syscall.SIGTERM || s == syscall.SIGHUP {
-					cmd.Process.Signal(s)
+					c.cmd.Process.Signal(s)
 				}
-			case <-done:
+			case <-c.done:
 				return
 			}
 		}
 	}()
-	err = cmd.Wait()
+	return c, nil
+}
+
+// wait waits for the command and returns its exit status, or 128 plus the
+// signal that killed it.
+func (c *child) wait() int {
+	<-c.done
+	signal.Stop(c.sigs)
 	var ee *exec.ExitError
 	switch {
-	case err == nil:
+	case c.err == nil:
 		return exitOK
-	case errors.As(err, &ee):
+	case errors.As(c.err, &ee):
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			return 128 + int(ws.Signal())
 		}
 		return ee.ExitCode()
 	}
-	a.errorf("pair: %s: %v", argv[0], err)
+	c.a.errorf("pair: %s: %v", c.name, c.err)
 	return exitFailure
+}
+
+// stop asks the command to end (SIGTERM) and returns its status.
+func (c *child) stop() int {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	return c.wait()
 }
 
 // listenEnv returns env with the LISTEN_ variables of one descriptor named

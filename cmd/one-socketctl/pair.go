@@ -15,6 +15,7 @@ import (
 
 	"github.com/one-socket/one-socket/internal/control"
 	"github.com/one-socket/one-socket/internal/paths"
+	"github.com/one-socket/one-socket/internal/relay"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -36,6 +37,25 @@ func (a *app) pair(o *options) int {
 		}
 	}
 
+	var ln *pathListener
+	if o.listen != "" {
+		// Listening before the pair comes lets the program connect at any
+		// time; its connection waits in the backlog.
+		mode := os.FileMode(defaultListenMode)
+		if o.listenModeSet {
+			mode = o.listenMode
+		}
+		if ln, err = listenPath(o.listen, mode, a.errorf); err != nil {
+			a.errorf("pair: %v", err)
+			return exitFailure
+		}
+		defer ln.close()
+	}
+	brokerKey := key
+	if o.handoff {
+		brokerKey = relay.HandoffKey(key)
+	}
+
 	// SIGINT and SIGTERM end the wait; once paired they have their
 	// default effect again.
 	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -45,17 +65,41 @@ func (a *app) pair(o *options) int {
 		ctx, cancel = context.WithTimeout(sigCtx, o.timeout)
 		defer cancel()
 	}
-	f, err := libspbroker.GetPair(ctx, path, key, o.mode)
+	f, err := libspbroker.GetPair(ctx, path, brokerKey, o.mode)
 	interrupted := sigCtx.Err() != nil
 	stopSignals()
 	if err != nil {
 		a.errorf("%s", describePairError(err, path, key, o, interrupted))
 		return exitFailure
 	}
+	if o.adapts() {
+		return a.adapt(f, key, cmdPath, o, ln)
+	}
+	if o.handoff {
+		if f, err = a.takeHandoff(f); err != nil {
+			a.errorf("pair: %v", err)
+			return exitFailure
+		}
+	}
 	if o.exec != nil {
 		return a.runWithPair(f, key, cmdPath, o.exec)
 	}
 	return a.bridge(f)
+}
+
+// takeHandoff runs a Takes end's handoff on the brokered socket f, which
+// it consumes, and returns the connection its program is to use.
+func (a *app) takeHandoff(f *os.File) (*os.File, error) {
+	brokered, err := fileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	res, err := relay.Handoff(brokered, relay.Takes, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Conn.Close()
+	return res.Conn.File()
 }
 
 // describePairError says in words why no pair came.
