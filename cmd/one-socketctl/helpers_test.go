@@ -39,6 +39,9 @@ const waitFor = 10 * time.Second
 var ctlBin, binDir string
 
 func TestMain(m *testing.M) {
+	if role := os.Getenv(programVar); role != "" {
+		os.Exit(testProgram(role, os.Args[1:]))
+	}
 	os.Exit(testMain(m))
 }
 
