@@ -1,16 +1,19 @@
 package validate
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/one-socket/one-socket/internal/policy"
+	"github.com/one-socket/one-socket/internal/relay"
 	"github.com/one-socket/one-socket/libspbroker"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,8 +24,9 @@ import (
 
 // Want is what the manifests must agree with outside themselves.
 type Want struct {
-	// Image is the image every container runs.
-	Image string
+	// Images are the images the Containerfiles build: every container
+	// runs one of them.
+	Images []string
 	// Version is the project's version (meson.build): the value of any
 	// app.kubernetes.io/version label.
 	Version string
@@ -76,14 +80,23 @@ type Client struct {
 	Container *corev1.Container
 	UID, GID  int64
 	// Key and Mode are what the container asks the broker for: a shell
-	// script's PAIR_KEY and PAIR_MODE, or EchoClient's key (--key, else
-	// PAIR_KEY) as a client. Key is empty when it asks for nothing.
+	// script's PAIR_KEY and PAIR_MODE, EchoClient's key (--key, else
+	// PAIR_KEY) as a client, or the KEY and --mode of a command line
+	// "one-socketctl pair". Key is empty when it asks for nothing.
 	Key  string
 	Mode libspbroker.Mode
+	// Handoff is one-socketctl pair's --handoff: one end hands its
+	// connection to the other over the pair, so both ends need it, and
+	// the broker sees BrokerKey.
+	Handoff bool
 	// problems are what is wrong with the request; checkClients reports
 	// them.
 	problems []string
 }
+
+// Ctl is the control tool, whose pair command gets pairs for programs
+// that do not speak to the broker themselves.
+const Ctl = "one-socketctl"
 
 // EchoClient is the example's client program (deploy/examples/echo-client),
 // which the image holds beside the broker's two commands.
@@ -270,6 +283,11 @@ func checkPod(r *report, objs []Object, p *Pod, want Want) {
 				r.add(p, "volume %q: hostPath %s must have type Directory or DirectoryOrCreate: pods mount the broker's directory, not a file or socket in it", v.Name, hp.Path)
 			}
 		}
+		// Without a limit, a pod that writes to an emptyDir, such as a
+		// disk image, can fill the node's disk or memory.
+		if ed := v.EmptyDir; ed != nil && (ed.SizeLimit == nil || ed.SizeLimit.IsZero()) {
+			r.add(p, "volume %q: give the emptyDir a sizeLimit", v.Name)
+		}
 	}
 	if sa := p.Spec.ServiceAccountName; sa != "" && sa != "default" {
 		if _, ok := find(objs, "ServiceAccount", p.Namespace, sa); !ok {
@@ -382,8 +400,8 @@ var initCapabilities = []corev1.Capability{"CHOWN", "FOWNER"}
 
 func checkContainer(r *report, p *Pod, c *corev1.Container, want Want) {
 	init := isInit(p.Spec, c)
-	if c.Image != want.Image {
-		r.add(p, "container %s runs image %q, not %q", c.Name, c.Image, want.Image)
+	if !slices.Contains(want.Images, c.Image) {
+		r.add(p, "container %s runs image %q, which no Containerfile builds (they build %q)", c.Name, c.Image, want.Images)
 	}
 	if len(c.Command) == 0 {
 		r.add(p, "container %s: give the command; do not depend on the image's entry point", c.Name)
@@ -793,6 +811,10 @@ func (cl *Client) readRequest() {
 		}
 		return
 	}
+	if len(argv) > 0 && path.Base(argv[0]) == Ctl {
+		cl.readPair(argv[1:], bad)
+		return
+	}
 	key, ok := env["PAIR_KEY"]
 	if !ok {
 		return
@@ -812,6 +834,158 @@ func (cl *Client) readRequest() {
 			bad("the script does not use %s", v)
 		}
 	}
+}
+
+// readPair reads a container's command line "one-socketctl ... pair KEY
+// [-- CMD]": the key and mode it asks for, whether it hands over the
+// connection, and whether CMD can use descriptor 3 as it gets it. Other
+// commands ask for nothing.
+func (cl *Client) readPair(args []string, bad func(string, ...any)) {
+	line, err := ParseCtl(args)
+	if err != nil {
+		bad("%s: %v", Ctl, err)
+		return
+	}
+	if len(line.Pos) == 0 || line.Pos[0] != "pair" {
+		return
+	}
+	if len(line.Pos) != 2 {
+		bad("%s pair takes one KEY, and flags written --name=value; got %q", Ctl, line.Pos[1:])
+		return
+	}
+	key := line.Pos[1]
+	if _, ok := line.Flags["hex"]; ok {
+		b, err := hex.DecodeString(strings.TrimPrefix(strings.TrimPrefix(key, "0x"), "0X"))
+		if err != nil {
+			bad("%s pair --hex: KEY %q is not hexadecimal", Ctl, key)
+			return
+		}
+		key = string(b)
+	}
+	mode := libspbroker.ModeNone // one-socketctl's default
+	if m, ok := line.Flags["mode"]; ok {
+		if mode, ok = pairMode(m); !ok {
+			bad("%s pair --mode=%s: give none, client or server, written --mode=MODE", Ctl, m)
+			return
+		}
+	}
+	cl.Key, cl.Mode = key, mode
+	_, cl.Handoff = line.Flags["handoff"]
+	_, listening := line.Flags["listening-fd"]
+	if line.Exec == nil {
+		if listening {
+			bad("%s pair --listening-fd gives the listening socket to a command: give -- CMD", Ctl)
+		}
+		return
+	}
+	for _, msg := range fd3Problems(line.Exec, listening) {
+		bad("%s", msg)
+	}
+}
+
+// BrokerKey is the key the broker sees: with --handoff, one-socketctl adds
+// a suffix, so that such an end pairs only with another, and the policy
+// must allow that key.
+func (cl *Client) BrokerKey() []byte {
+	if cl.Handoff {
+		return relay.HandoffKey([]byte(cl.Key))
+	}
+	return []byte(cl.Key)
+}
+
+// CtlLine is a command line of one-socketctl, its flags written
+// --name=value.
+type CtlLine struct {
+	Flags map[string]string
+	Pos   []string // the command, then its arguments
+	Exec  []string // what follows "--" (pair's command), nil without "--"
+}
+
+// ParseCtl reads one-socketctl's arguments (without the program's
+// name). Flags end at "--"; what follows it belongs to pair's command.
+func ParseCtl(args []string) (CtlLine, error) {
+	var line CtlLine
+	if i := slices.Index(args, "--"); i >= 0 {
+		args, line.Exec = args[:i], slices.Clone(args[i+1:])
+		if len(line.Exec) == 0 {
+			return CtlLine{}, errors.New(`nothing after "--"`)
+		}
+	}
+	var err error
+	line.Flags, line.Pos, err = ParseFlags(args)
+	return line, err
+}
+
+// CtlCall is one command line of one-socketctl in the manifests.
+type CtlCall struct {
+	Pod       *Pod
+	Container *corev1.Container
+	// Where says which part of the container runs it: "command", "script"
+	// or a probe, such as "readiness probe".
+	Where string
+	// Args are its arguments. In a script they are words split at blanks,
+	// quotes and all, up to "--" or the end of the simple command: a flag
+	// and its value may be two words there, as the shell allows.
+	Args []string
+}
+
+// Script says whether the call is part of a shell script.
+func (c *CtlCall) Script() bool { return c.Where == "script" }
+
+func (c *CtlCall) String() string {
+	return fmt.Sprintf("%s: container %s, %s", c.Pod, c.Container.Name, c.Where)
+}
+
+// ctlInScript finds "one-socketctl ARGS" in a script; ARGS end at a
+// newline, "--" or a shell operator.
+var ctlInScript = regexp.MustCompile(`(?:^|[\s;&|(])` + regexp.QuoteMeta(Ctl) + `((?:[ \t]+[^\s;&|()]+)*)`)
+
+// shellComment is a comment in a script: "#" at the start of a word, to
+// the end of the line (a "#" inside quotes is taken for one too).
+var shellComment = regexp.MustCompile(`(?m)(^|[ \t])#.*$`)
+
+// CtlCalls returns every command line of one-socketctl the pods run: as
+// a container's command, in a probe, or in a "sh -c" script.
+func (d *Deployment) CtlCalls() []*CtlCall {
+	var calls []*CtlCall
+	for _, p := range d.Pods {
+		for _, c := range containers(p.Spec) {
+			add := func(where string, args []string) {
+				calls = append(calls, &CtlCall{Pod: p, Container: c, Where: where, Args: args})
+			}
+			argv := append(slices.Clone(c.Command), c.Args...)
+			switch {
+			case len(argv) > 0 && path.Base(argv[0]) == Ctl:
+				add("command", argv[1:])
+			case len(argv) > 2 && isShell(argv[0]) && argv[1] == "-c":
+				script := shellComment.ReplaceAllString(argv[2], "")
+				for _, m := range ctlInScript.FindAllStringSubmatch(script, -1) {
+					words := strings.Fields(m[1])
+					if i := slices.Index(words, "--"); i >= 0 {
+						words = words[:i]
+					}
+					add("script", words)
+				}
+			}
+			for _, pr := range []struct {
+				what  string
+				probe *corev1.Probe
+			}{{"startup probe", c.StartupProbe}, {"readiness probe", c.ReadinessProbe}, {"liveness probe", c.LivenessProbe}} {
+				if pr.probe != nil && pr.probe.Exec != nil && len(pr.probe.Exec.Command) > 0 && path.Base(pr.probe.Exec.Command[0]) == Ctl {
+					add(pr.what, pr.probe.Exec.Command[1:])
+				}
+			}
+		}
+	}
+	return calls
+}
+
+func isShell(name string) bool {
+	switch path.Base(name) {
+	case "sh", "bash", "dash":
+		return true
+	}
+	return false
 }
 
 // checkClients checks the pods that use the broker: they reach the same
@@ -854,21 +1028,21 @@ func checkClients(r *report, d *Deployment) {
 			continue
 		}
 		mode := cl.Mode
-		key := []byte(cl.Key)
+		key := cl.BrokerKey()
 		cred := policy.Cred{UID: uint32(cl.UID), GID: uint32(cl.GID)}
 		if dec := b.Policy.Allow(cred, key, mode); !dec.Allowed {
-			r.add(p, "container %s (uid %d, gid %d) may not ask for %q as %s: %s", c.Name, cl.UID, cl.GID, cl.Key, mode, dec.Reason)
+			r.add(p, "container %s (uid %d, gid %d) may not ask for %q as %s: %s", c.Name, cl.UID, cl.GID, key, mode, dec.Reason)
 		}
 		if mode != libspbroker.ModeNone {
 			if dec := b.Policy.Allow(cred, key, mode.Peer()); dec.Allowed {
-				r.add(p, "container %s (uid %d) may also take the other side of %q (%s): %s", c.Name, cl.UID, cl.Key, mode.Peer(), dec.Reason)
+				r.add(p, "container %s (uid %d) may also take the other side of %q (%s): %s", c.Name, cl.UID, key, mode.Peer(), dec.Reason)
 			}
 		}
 		// 65534 is how the broker sees a uid with no mapping in its user
 		// namespace; such a client must get nothing.
 		for m := libspbroker.ModeNone; m < libspbroker.ModeMax; m++ {
 			if dec := b.Policy.Allow(policy.Cred{UID: 65534, GID: 65534}, key, m); dec.Allowed {
-				r.add(p, "the policy lets uid 65534 (unknown) ask for %q as %s: %s", cl.Key, m, dec.Reason)
+				r.add(p, "the policy lets uid 65534 (unknown) ask for %q as %s: %s", key, m, dec.Reason)
 			}
 		}
 	}
@@ -883,8 +1057,14 @@ func checkPartners(r *report, clients []*Client) {
 			continue
 		}
 		var found bool
+		var why string
 		for _, b := range clients {
 			if b == a || b.Key != a.Key || b.Mode != a.Mode.Peer() {
+				continue
+			}
+			if b.Handoff != a.Handoff {
+				why = fmt.Sprintf("; %s would, but only one of the two gives %s pair --handoff, and the broker never pairs such an end with one that does not (it sees the key%s)",
+					b.Pod.Name, Ctl, relay.HandoffSuffix)
 				continue
 			}
 			if b.Pod.Namespace == a.Pod.Namespace && (sameNode(a.Pod, b.Pod) || sameNode(b.Pod, a.Pod)) {
@@ -892,8 +1072,8 @@ func checkPartners(r *report, clients []*Client) {
 			}
 		}
 		if !found {
-			r.add(a.Pod, "container %s asks for %q as %s, but no pod that is bound to its node (required podAffinity on kubernetes.io/hostname) takes the other side",
-				a.Container.Name, a.Key, a.Mode)
+			r.add(a.Pod, "container %s asks for %q as %s, but no pod that is bound to its node (required podAffinity on kubernetes.io/hostname) takes the other side%s",
+				a.Container.Name, a.Key, a.Mode, why)
 		}
 	}
 }

@@ -36,10 +36,24 @@ func mesonVersion(t *testing.T) string {
 	return string(m[1])
 }
 
-// want is what every manifest must agree with.
+// want is what every manifest must agree with: the images are those the
+// Containerfiles build.
 func want(t *testing.T) Want {
-	v := mesonVersion(t)
-	return Want{Image: "ghcr.io/one-socket/one-socket:" + v, Version: v}
+	w := Want{Version: mesonVersion(t)}
+	for _, cf := range readContainerfiles(t) {
+		w.Images = append(w.Images, cf.image)
+	}
+	return w
+}
+
+// cannotCheck skips t for the reason given, or fails it under
+// ONE_SOCKET_REQUIRE_ALL=1, where every check must run.
+func cannotCheck(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("ONE_SOCKET_REQUIRE_ALL") == "1" {
+		t.Fatalf("this check cannot run, and ONE_SOCKET_REQUIRE_ALL=1 forbids skipping it: %s", why)
+	}
+	t.Skipf("skipped: %s", why)
 }
 
 // readManifests returns the text of every manifest file.

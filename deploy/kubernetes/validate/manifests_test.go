@@ -1,6 +1,7 @@
 package validate
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ func TestManifests(t *testing.T) {
 	files := readManifests(t)
 	require.Contains(t, files, "one-socket.yaml")
 	require.Contains(t, files, "example.yaml")
+	require.Contains(t, files, "vhost-user-blk.yaml")
 	objs, err := ParseAll(files)
 	require.NoError(t, err)
 
@@ -25,7 +27,7 @@ func TestManifests(t *testing.T) {
 	for _, o := range objs {
 		kinds[o.Kind()]++
 	}
-	assert.Equal(t, map[string]int{"Namespace": 2, "ServiceAccount": 1, "ConfigMap": 1, "DaemonSet": 1, "Pod": 2}, kinds)
+	assert.Equal(t, map[string]int{"Namespace": 3, "ServiceAccount": 1, "ConfigMap": 1, "DaemonSet": 1, "Pod": 4}, kinds)
 
 	d, errs := Check(objs, want(t))
 	for _, err := range errs {
@@ -35,21 +37,43 @@ func TestManifests(t *testing.T) {
 	require.NotNil(t, b)
 	require.NotNil(t, b.Policy)
 	require.NotNil(t, b.Init)
-	// The example: one server and one client on the same key.
+	// The examples: a server and a client on each key, and the
+	// vhost-user-blk pair hands its connection over.
 	modes := map[string]string{}
 	for _, c := range d.Clients() {
-		modes[c.Pod.Name] = c.Key + " " + c.Mode.String()
+		modes[c.Pod.Name] = fmt.Sprintf("%s %s handoff=%v", c.Key, c.Mode, c.Handoff)
 	}
-	assert.Equal(t, map[string]string{"echo-server": "example-echo server", "echo-client": "example-echo client"}, modes)
+	assert.Equal(t, map[string]string{
+		"echo-server":            "example-echo server handoff=false",
+		"echo-client":            "example-echo client handoff=false",
+		"vhost-user-blk-storage": "vhost-user-blk-disk0 server handoff=true",
+		"vhost-user-blk-vm":      "vhost-user-blk-disk0 client handoff=true",
+	}, modes)
 
 	// The guide must name what the manifests use.
 	guide, err := os.ReadFile(filepath.Join(repoRoot(t), "doc", "kubernetes.md"))
 	require.NoError(t, err)
-	for _, s := range []string{b.Socket, b.CtlSocket, b.PolicyFile, want(t).Image,
+	mention := []string{b.Socket, b.CtlSocket, b.PolicyFile,
 		"--socket-group=" + b.Flags["socket-group"], "--max-waiting-per-uid=" + b.Flags["max-waiting-per-uid"],
 		"--max-conns=" + b.Flags["max-conns"], "--max-wait=" + b.Flags["max-wait"],
-		"deploy/container/Containerfile", "cd deploy/kubernetes/validate && go test ./..."} {
-		assert.Contains(t, string(guide), s, "doc/kubernetes.md does not mention it")
+		"cd deploy/kubernetes/validate && go test ./..."}
+	for _, cf := range readContainerfiles(t) {
+		mention = append(mention, "podman build -f "+cf.rel+" -t "+cf.image+" .")
+	}
+	for name := range files {
+		mention = append(mention, "kubectl apply -f deploy/kubernetes/"+name)
+	}
+	for _, c := range d.Clients() {
+		mention = append(mention, c.Key, c.Pod.Name)
+	}
+	// The policy, rule by rule.
+	for _, l := range strings.Split(b.PolicyText, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			mention = append(mention, l)
+		}
+	}
+	for _, s := range mention {
+		assert.True(t, strings.Contains(string(guide), s), "doc/kubernetes.md does not mention %q", s)
 	}
 }
 
@@ -212,13 +236,64 @@ func TestCrossChecks(t *testing.T) {
 			[]string{"mounts part of hostPath /run/one-socket (subPath)", "the broker container mounts nothing at /run/one-socket"}},
 		{"another image", "example.yaml", "    - name: echo-client\n      image: ghcr.io/one-socket/one-socket:0.1.0\n",
 			"    - name: echo-client\n      image: ghcr.io/one-socket/one-socket:latest\n",
-			[]string{`container echo-client runs image "ghcr.io/one-socket/one-socket:latest", not "ghcr.io/one-socket/one-socket:0.1.0"`}},
+			[]string{`container echo-client runs image "ghcr.io/one-socket/one-socket:latest", which no Containerfile builds`}},
 		{"surge", "one-socket.yaml", "maxSurge: 0", "maxSurge: 1", []string{"maxSurge 1: a second broker"}},
 		{"capability for the broker", "one-socket.yaml", "              drop: [\"ALL\"]\n          # Each",
 			"              drop: [\"ALL\"]\n              add: [\"NET_ADMIN\"]\n          # Each", []string{"container one-socket adds capability NET_ADMIN"}},
 		{"writable root", "example.yaml", "          value: server\n      securityContext:\n        allowPrivilegeEscalation: false\n        readOnlyRootFilesystem: true\n",
 			"          value: server\n      securityContext:\n        allowPrivilegeEscalation: false\n        readOnlyRootFilesystem: false\n",
 			[]string{"container echo-server: set readOnlyRootFilesystem: true"}},
+		{"storage key the policy refuses", "vhost-user-blk.yaml",
+			"        - pair\n        - vhost-user-blk-disk0\n        - --mode=server\n",
+			"        - pair\n        - vhost-blk-disk0\n        - --mode=server\n",
+			[]string{`container storage (uid 2101, gid 2101) may not ask for "vhost-blk-disk0#handoff" as server`,
+				`container vm asks for "vhost-user-blk-disk0" as client, but no pod`}},
+		{"VM uid the policy refuses", "vhost-user-blk.yaml", "    runAsUser: 2102\n", "    runAsUser: 2002\n",
+			[]string{`container vm (uid 2002, gid 2102) may not ask for "vhost-user-blk-disk0#handoff" as client`}},
+		{"mode written as two words", "vhost-user-blk.yaml", "        - --mode=client\n", "        - --mode\n        - client\n",
+			[]string{`container vm: one-socketctl pair takes one KEY, and flags written --name=value; got ["vhost-user-blk-disk0" "client"]`}},
+		{"mode one-socketctl does not know", "vhost-user-blk.yaml", "        - --mode=client\n", "        - --mode=front-end\n",
+			[]string{"container vm: one-socketctl pair --mode=front-end: give none, client or server"}},
+		{"the VM without handoff", "vhost-user-blk.yaml", "        - --mode=client\n        - --handoff\n", "        - --mode=client\n",
+			[]string{`container storage asks for "vhost-user-blk-disk0" as server, but no pod that is bound to its node (required podAffinity on kubernetes.io/hostname) takes the other side; vhost-user-blk-vm would, but only one of the two gives one-socketctl pair --handoff`,
+				`container vm asks for "vhost-user-blk-disk0" as client, but no pod`}},
+		{"policy for the key without the handoff suffix", "one-socket.yaml",
+			"    allow uid=2101 gid=2101 key=prefix:vhost-user-blk- mode=server\n",
+			"    allow uid=2101 gid=2101 key=vhost-user-blk-disk0 mode=server\n",
+			[]string{`container storage (uid 2101, gid 2101) may not ask for "vhost-user-blk-disk0#handoff" as server`}},
+		{"qemu-storage-daemon on the brokered socket", "vhost-user-blk.yaml", "        - --listening-fd\n", "",
+			[]string{"container storage: qemu-storage-daemon calls listen() on descriptor 3, which fails on the brokered socket (it is connected): give one-socketctl pair --listening-fd"}},
+		{"listening socket without a command", "vhost-user-blk.yaml",
+			"        - --listening-fd\n        - --\n        - qemu-storage-daemon\n        - --blockdev\n        - driver=file,node-name=file0,filename=/var/lib/vhost-user-blk/disk.img\n        - --blockdev\n        - driver=raw,node-name=disk0,file=file0\n        - --export\n        - type=vhost-user-blk,id=export0,node-name=disk0,writable=on,addr.type=fd,addr.str=3\n",
+			"        - --listening-fd\n",
+			[]string{"container storage: one-socketctl pair --listening-fd gives the listening socket to a command: give -- CMD"}},
+		{"export on another descriptor", "vhost-user-blk.yaml", "addr.type=fd,addr.str=3", "addr.type=fd,addr.str=4",
+			[]string{"container storage: qemu-storage-daemon does not use descriptor 3"}},
+		{"QEMU listening on the brokered socket", "vhost-user-blk.yaml", "        - socket,id=c0,fd=3\n", "        - socket,id=c0,fd=3,server=on\n",
+			[]string{"container vm: qemu-system-x86_64 calls listen() on descriptor 3"}},
+		{"QEMU given a listening socket", "vhost-user-blk.yaml", "        - --mode=client\n        - --handoff\n", "        - --mode=client\n        - --handoff\n        - --listening-fd\n",
+			[]string{"container vm: qemu-system-x86_64 takes descriptor 3 as a connected socket, but --listening-fd makes it a listening one"}},
+		{"guest memory not shared", "vhost-user-blk.yaml", "memory-backend-memfd,id=mem,size=64M,share=on", "memory-backend-memfd,id=mem,size=64M",
+			[]string{"container vm: qemu-system-x86_64: a vhost-user back-end needs the guest's memory shared"}},
+		{"shared memory the machine does not use", "vhost-user-blk.yaml", "q35,memory-backend=mem", "q35",
+			[]string{"container vm: qemu-system-x86_64: a vhost-user back-end needs the guest's memory shared"}},
+		{"device on another chardev", "vhost-user-blk.yaml", "vhost-user-blk-pci,chardev=c0,", "vhost-user-blk-pci,chardev=c1,",
+			[]string{"container vm: qemu-system-x86_64: no vhost-user device has chardev=c0, the socket on descriptor 3"}},
+		{"VM on another node", "vhost-user-blk.yaml",
+			"              app.kubernetes.io/component: storage\n          topologyKey: kubernetes.io/hostname",
+			"              app.kubernetes.io/component: storage\n          topologyKey: topology.kubernetes.io/zone",
+			[]string{`container vm asks for "vhost-user-blk-disk0" as client, but no pod that is bound to its node`,
+				`container storage asks for "vhost-user-blk-disk0" as server, but no pod`}},
+		{"disk without a size limit", "vhost-user-blk.yaml", "      emptyDir:\n        sizeLimit: 128Mi\n", "      emptyDir: {}\n",
+			[]string{`volume "disk": give the emptyDir a sizeLimit`}},
+		{"an image no Containerfile builds", "vhost-user-blk.yaml",
+			"    - name: vm\n      image: ghcr.io/one-socket/one-socket-qemu:0.1.0\n",
+			"    - name: vm\n      image: docker.io/library/qemu:7.2\n",
+			[]string{`container vm runs image "docker.io/library/qemu:7.2", which no Containerfile builds`}},
+		{"VM pod with the storage pod's uid", "vhost-user-blk.yaml",
+			"    runAsUser: 2102\n    runAsGroup: 2102\n", "    runAsUser: 2101\n    runAsGroup: 2101\n",
+			[]string{`container vm (uid 2101, gid 2101) may not ask for "vhost-user-blk-disk0#handoff" as client`,
+				`container vm (uid 2101) may also take the other side of "vhost-user-blk-disk0#handoff" (server)`}},
 		{"namespace not among the manifests", "example.yaml", "  name: echo-server\n  namespace: one-socket-example\n",
 			"  name: echo-server\n  namespace: one-socket-examples\n", []string{`namespace "one-socket-examples" is not among the manifests`}},
 	}
