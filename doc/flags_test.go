@@ -19,6 +19,7 @@ var foreignFlags = map[string]string{
 	"prefix":          "meson setup",
 	"pkg-config-path": "meson setup",
 	"warnings":        "man (in the manual pages' check comments)",
+	"fd":              "virtiofsd",
 }
 
 // hiddenDaemonFlags are flags the daemon takes but --help does not print,

@@ -46,7 +46,7 @@ type chunk struct {
 //
 // The byte-wise read costs one message header per byte that queued up in
 // front of the send; when the relay keeps up the send is first in the
-// queue and it is one byte.
+// queue, and a first one-byte read finds it.
 type reader struct {
 	rc   syscall.RawConn
 	buf  []byte
@@ -174,6 +174,11 @@ func (r *reader) bytewise(fd, end int) error {
 	}
 	for off := 0; off < end; {
 		k := min(end-off, maxBytewise)
+		if off == 0 {
+			// Most often the send is first in the queue: one byte tells,
+			// and one read takes the rest of it.
+			k = 1
+		}
 		for j := 0; j < k; j++ {
 			r.iovs[j] = unix.Iovec{Base: &r.buf[off+j], Len: 1}
 			// One control buffer serves all: only the entry that
