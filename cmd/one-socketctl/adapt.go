@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -73,8 +72,10 @@ func (o *options) checkAdapter() error {
 
 // adapt joins the brokered socket f, which it owns, to the program the
 // adapter flags name, starting CMD if there is one, and returns the exit
-// status: CMD's when there is one.
-func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *pathListener) int {
+// status: CMD's when there is one. Without CMD, sigs brings SIGINT and
+// SIGTERM, which end the waits and the relay so that the deferred
+// clean-up (--listen's path) runs.
+func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *pathListener, sigs <-chan os.Signal) int {
 	brokered, err := fileConn(f)
 	if err != nil {
 		a.errorf("pair: %v", err)
@@ -100,9 +101,9 @@ func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *path
 			}
 		}
 		if o.connect != "" {
-			own, err = dialWait(o.connect, wait, prog)
+			own, err = dialWait(o.connect, wait, prog, sigs)
 		} else {
-			own, err = ln.acceptWait(wait, prog)
+			own, err = ln.acceptWait(wait, prog, sigs)
 		}
 	}
 	if err != nil {
@@ -151,11 +152,6 @@ func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *path
 		}
 		return status
 	}
-	// No program of ours to wait for: SIGINT and SIGTERM end the relay, so
-	// that the deferred clean-up (--listen's path) runs.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	select {
 	case err = <-relayed:
 	case s := <-sigs:
@@ -290,9 +286,13 @@ func waitAccepted(l *net.UnixListener, wait time.Duration, prog *child) error {
 	}
 }
 
+// errInterrupted ends a wait on SIGINT or SIGTERM.
+var errInterrupted = errors.New("interrupted")
+
 // dialWait connects to path, trying again while nothing listens there yet,
-// for up to wait or until prog, if any, exits.
-func dialWait(path string, wait time.Duration, prog *child) (*net.UnixConn, error) {
+// for up to wait, until prog, if any, exits, or until a signal comes on
+// sigs.
+func dialWait(path string, wait time.Duration, prog *child, sigs <-chan os.Signal) (*net.UnixConn, error) {
 	addr := &net.UnixAddr{Name: path, Net: "unix"}
 	deadline := time.Now().Add(wait)
 	var exited <-chan struct{}
@@ -313,6 +313,8 @@ func dialWait(path string, wait time.Duration, prog *child) (*net.UnixConn, erro
 		select {
 		case <-exited:
 			return nil, fmt.Errorf("%s exited before listening on %s", prog.name, path)
+		case <-sigs:
+			return nil, errInterrupted
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -367,9 +369,9 @@ func listenPath(path string, mode os.FileMode, logf func(string, ...any)) (*path
 	return p, nil
 }
 
-// acceptWait accepts one connection within wait, or until prog, if any,
-// exits; then it stops listening.
-func (p *pathListener) acceptWait(wait time.Duration, prog *child) (*net.UnixConn, error) {
+// acceptWait accepts one connection within wait, until prog, if any,
+// exits, or until a signal comes on sigs; then it stops listening.
+func (p *pathListener) acceptWait(wait time.Duration, prog *child, sigs <-chan os.Signal) (*net.UnixConn, error) {
 	defer p.close()
 	p.l.SetDeadline(time.Now().Add(wait))
 	type result struct {
@@ -397,6 +399,12 @@ func (p *pathListener) acceptWait(wait time.Duration, prog *child) (*net.UnixCon
 			r.c.Close()
 		}
 		return nil, fmt.Errorf("%s exited before connecting to %s", prog.name, p.path)
+	case <-sigs:
+		p.l.Close()
+		if r := <-accepted; r.err == nil {
+			r.c.Close()
+		}
+		return nil, errInterrupted
 	}
 }
 

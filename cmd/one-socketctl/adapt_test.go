@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -288,7 +289,7 @@ func TestPairListenAndConnectStandalone(t *testing.T) {
 	connector := start(t, testEnv(), nil, "--socket", be.socket, "pair", "solo", "--mode", "client", "--connect", ppath)
 	// What connects to the listener is relayed to the program on ppath.
 	// The file exists from bind on, a moment before listen.
-	c, err := dialWait(lpath, waitFor, nil)
+	c, err := dialWait(lpath, waitFor, nil, nil)
 	require.NoError(t, err)
 	defer c.Close()
 	echoCheck(t, c)
@@ -334,7 +335,7 @@ func TestPairHandoffBothHold(t *testing.T) {
 	client := start(t, testEnv(), nil, "--socket", be.socket, "pair", "hh", "--handoff", "--listen", lpath)
 	require.Eventually(t, func() bool { _, err := os.Lstat(lpath); return err == nil }, waitFor, time.Millisecond)
 	// The file exists from bind on, a moment before listen.
-	c, err := dialWait(lpath, waitFor, nil)
+	c, err := dialWait(lpath, waitFor, nil, nil)
 	require.NoError(t, err)
 	defer c.Close()
 	echoCheck(t, c)
@@ -476,4 +477,23 @@ func TestPairProgramExitsFirst(t *testing.T) {
 		assert.Contains(t, tool.stderr.String(), "exited before", "%q", args)
 	}
 	assert.NoFileExists(t, filepath.Join(be.dir, "l.sock"))
+}
+
+// SIGTERM while --listen waits, before or after the pair, still removes
+// the socket.
+func TestPairListenTermRemovesPath(t *testing.T) {
+	be := startBackend(t)
+	for _, paired := range []bool{false, true} {
+		path := filepath.Join(be.dir, "term.sock")
+		tool := start(t, testEnv(), nil, "--socket", be.socket, "pair", "term", "--listen", path)
+		require.Eventually(t, func() bool { _, err := os.Lstat(path); return err == nil }, waitFor, time.Millisecond)
+		if paired {
+			peerPair(t, be, "term", libspbroker.ModeNone)
+		} else {
+			be.waitWaiting(t, 1)
+		}
+		tool.signal(syscall.SIGTERM)
+		assert.NotZero(t, tool.wait())
+		assert.NoFileExists(t, path, "paired: %v", paired)
+	}
 }

@@ -67,13 +67,21 @@ func (a *app) pair(o *options) int {
 	}
 	f, err := libspbroker.GetPair(ctx, path, brokerKey, o.mode)
 	interrupted := sigCtx.Err() != nil
+	// A relay with no command of ours keeps catching them, with no gap in
+	// which they would kill the tool before it cleans up.
+	var sigs chan os.Signal
+	if o.adapts() && o.exec == nil {
+		sigs = make(chan os.Signal, 1)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+	}
 	stopSignals()
 	if err != nil {
 		a.errorf("%s", describePairError(err, path, key, o, interrupted))
 		return exitFailure
 	}
 	if o.adapts() {
-		return a.adapt(f, key, cmdPath, o, ln)
+		return a.adapt(f, key, cmdPath, o, ln, sigs)
 	}
 	if o.handoff {
 		if f, err = a.takeHandoff(f); err != nil {
