@@ -318,6 +318,11 @@ func TestPairHandoff(t *testing.T) {
 	_, err = libspbroker.GetPair(ctx, be.socket, []byte("ho"), libspbroker.ModeClient)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 
+	// Nor does a plain one-socketctl, which says why.
+	lonely := run(t, testEnv(), "", "--socket", be.socket, "pair", "lonely", "--handoff", "--timeout", "100ms")
+	assert.Equal(t, exitFailure, lonely.code)
+	assert.Contains(t, lonely.stderr, `with --handoff the other end must say --handoff too (the broker sees "lonely#handoff")`)
+
 	client := run(t, testEnv(), "", append([]string{"--socket", be.socket, "pair", "ho", "--mode", "client", "--handoff", "--"},
 		program(t, "direct")...)...)
 	assert.Equal(t, 0, client.code, client.stderr)

@@ -115,6 +115,9 @@ func describePairError(err error, path string, key []byte, o *options, interrupt
 	switch {
 	case interrupted:
 		return fmt.Sprintf("interrupted while waiting for a peer for key %s", keyForMessage(key))
+	case errors.Is(err, context.DeadlineExceeded) && o.handoff:
+		return fmt.Sprintf("no peer for key %s (mode %v) within %v: with --handoff the other end must say --handoff too (the broker sees %s)",
+			keyForMessage(key), o.mode, o.timeout, keyForMessage(relay.HandoffKey(key)))
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Sprintf("no peer for key %s (mode %v) within %v", keyForMessage(key), o.mode, o.timeout)
 	case errors.Is(err, syscall.ENOENT):
