@@ -14,6 +14,10 @@ import (
 // and so the most one read can return.
 const scmMaxFD = 253
 
+// firstPeek is how much a read looks at first: more than any vhost-user
+// or QMP message, and cheap to copy.
+const firstPeek = 4 << 10
+
 // bufSize is what one read takes at most. Larger reads cost fewer system
 // calls per byte; this is where a byte stream's throughput stops growing
 // here (doc/performance.md).
@@ -36,11 +40,13 @@ type chunk struct {
 // consuming read returns the descriptors with the first read that touches
 // that send's bytes. No peek tells where the send starts.
 //
-// So a read first asks how much is queued (SIOCINQ), then peeks one byte.
-// Without MSG_CTRUNC, every queued byte is plain and one read takes them.
-// With it, a peek of a whole buffer finds the end of the send with
-// descriptors, and one recvmmsg reads the bytes up to there one byte per
-// message, each with its own result: the entry that brings the
+// So a read first peeks at up to 4 KiB. Without MSG_CTRUNC, and with fewer
+// bytes than asked, that was the whole queue, all plain, and one read
+// takes it; with a full 4 KiB, SIOCINQ says how much is queued and a
+// one-byte peek after it that none of it carries descriptors. With
+// MSG_CTRUNC, the peek (or one of a whole buffer) found the end of the
+// send with descriptors, and one recvmmsg reads the bytes up to there one
+// byte per message, each with its own result: the entry that brings the
 // descriptors is the send's first byte. The plain bytes before it become
 // one chunk and the send's bytes, with the descriptors, the next.
 //
@@ -121,14 +127,9 @@ func (r *reader) read() (chunk, error) {
 // socket to be readable.
 func (r *reader) fill(fd int) bool {
 	for {
-		// Asked before the peek: bytes that arrive after it are not
-		// covered by the peek's answer.
-		queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
-		if err != nil {
-			r.err = os.NewSyscallError("ioctl SIOCINQ", err)
-			return true
-		}
-		n, rights, err := peek(fd, r.buf[:1])
+		// A first look at up to firstPeek bytes settles most reads: a
+		// message that is all there is, with or without descriptors.
+		n, rights, err := peek(fd, r.buf[:firstPeek])
 		switch {
 		case err == unix.EAGAIN:
 			return false
@@ -137,18 +138,38 @@ func (r *reader) fill(fd int) bool {
 			return true
 		case n == 0:
 			return true
-		case queued == 0:
-			continue // arrived between the two: ask again
-		case !rights:
-			r.err = r.take(fd, 0, min(queued, len(r.buf)), false)
+		case rights && n < firstPeek:
+			// The peek stopped at the end of the send with descriptors.
+			r.err = r.bytewise(fd, n)
+			return true
+		case rights:
+			end, _, err := peek(fd, r.buf)
+			if err != nil {
+				r.err = os.NewSyscallError("recvmsg", err)
+				return true
+			}
+			r.err = r.bytewise(fd, end)
+			return true
+		case n < firstPeek:
+			// Less than asked for: that was the whole queue, all plain.
+			r.err = r.take(fd, 0, n, false)
 			return true
 		}
-		end, _, err := peek(fd, r.buf)
+		// More is queued, none of it with descriptors so far. Asked before
+		// a second look, SIOCINQ counts only bytes that look covers.
+		queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
 		if err != nil {
+			r.err = os.NewSyscallError("ioctl SIOCINQ", err)
+			return true
+		}
+		if _, rights, err = peek(fd, r.buf[:1]); err != nil {
 			r.err = os.NewSyscallError("recvmsg", err)
 			return true
 		}
-		r.err = r.bytewise(fd, end)
+		if rights {
+			continue // a send with descriptors came meanwhile
+		}
+		r.err = r.take(fd, 0, min(queued, len(r.buf)), false)
 		return true
 	}
 }
@@ -253,6 +274,11 @@ func recvmmsg(fd int, hdrs []unix.Mmsghdr, flags int) (int, error) {
 // reads the socket too, and no relay can be exact then.
 var errQueueShrank = errors.New("bytes seen in the receive queue vanished: another process reads this socket")
 
+// errUnforeseenRights means descriptors came where the peeks had seen none
+// (or none where they had): the kernel does not behave as the reader
+// relies on, and forwarding them could put them on the wrong byte.
+var errUnforeseenRights = errors.New("descriptors came where the peeks said there were none: the kernel's MSG_PEEK does not behave as this relay needs (Linux 6.x does)")
+
 // take reads buf[off:end], which the last peek saw, into a chunk. The
 // descriptors come with it if and only if rights says they should.
 func (r *reader) take(fd, off, end int, rights bool) error {
@@ -282,7 +308,7 @@ func (r *reader) take(fd, off, end int, rights bool) error {
 		return errors.New("recvmsg: control data truncated: descriptors lost")
 	case rights != (len(fds) > 0):
 		closeAll(fds)
-		return errQueueShrank
+		return errUnforeseenRights
 	}
 	r.got = append(r.got, chunk{data: r.buf[off : off+n], fds: fds})
 	return nil

@@ -493,3 +493,43 @@ func TestNoDescriptorLeaks(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, before, after)
 }
+
+// The kernel facts the reader relies on (recv_linux.go): a peek without
+// control room reports MSG_CTRUNC for a send with descriptors anywhere in
+// the queue, and stops copying at that send's end; a consuming read brings
+// the descriptors with the first read that touches the send. A kernel that
+// changes them fails here, not in a relay.
+func TestKernelFactsTheReaderNeeds(t *testing.T) {
+	a, b := socketPair(t)
+	defer unix.Close(a)
+	defer unix.Close(b)
+	fds := memfds(t, 1, "k")
+	sendRights(t, a, []byte("0123456789"), nil)
+	sendRights(t, a, []byte("abcdefghij"), fds)
+	sendRights(t, a, []byte("KLMNOPQRST"), nil)
+	closeAll(fds)
+
+	buf := make([]byte, 100)
+	n, rights, err := peek(b, buf[:1])
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.True(t, rights, "a one-byte peek sees the descriptors queued behind it")
+	n, rights, err = peek(b, buf)
+	require.NoError(t, err)
+	assert.True(t, rights)
+	assert.Equal(t, 20, n, "a peek stops at the end of the send with descriptors")
+
+	for i := 0; i < 10; i++ {
+		n, got := recvSome(t, b, buf[:1])
+		require.Equal(t, 1, n)
+		require.Empty(t, got, "byte %d", i)
+	}
+	n, got := recvSome(t, b, buf[:1])
+	require.Equal(t, 1, n)
+	assert.Equal(t, "a", string(buf[:1]))
+	checkTags(t, got, "k")
+	n, rights, err = peek(b, buf)
+	require.NoError(t, err)
+	assert.False(t, rights, "descriptors once taken are gone from the queue")
+	assert.Equal(t, 19, n)
+}
