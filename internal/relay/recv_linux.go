@@ -28,6 +28,11 @@ const bufSize = 64 << 10
 type chunk struct {
 	data []byte
 	fds  []int
+
+	// piped, instead of data, is a number of plain bytes waiting in the
+	// pipe whose reading end is pipe, for send to splice on.
+	piped int
+	pipe  int
 }
 
 // reader reads a Unix stream socket in chunks whose descriptors belong to
@@ -65,7 +70,21 @@ type reader struct {
 	// use: many relays never see a queued send with descriptors.
 	hdrs []unix.Mmsghdr
 	iovs []unix.Iovec
+
+	// A pipe that runs of plain bytes are spliced through, so that they
+	// are never copied into the relay; made on first use, and none if
+	// the kernel will not splice this socket.
+	pipe     [2]int
+	noSplice bool
 }
+
+// spliceMin is the smallest run of plain bytes worth two splices rather
+// than a copy.
+const spliceMin = 16 << 10
+
+// pipeSize is what the splice pipe is asked to hold: more than a socket's
+// default queue, so that one splice takes all of it.
+const pipeSize = 1 << 20
 
 // maxBytewise is how many one-byte messages one recvmmsg asks for
 // (UIO_MAXIOV, the kernel's own bound on its vectors).
@@ -77,9 +96,10 @@ func newReader(c syscall.Conn) (*reader, error) {
 		return nil, err
 	}
 	r := &reader{
-		rc:  rc,
-		buf: make([]byte, bufSize),
-		oob: make([]byte, unix.CmsgSpace(scmMaxFD*4)),
+		rc:   rc,
+		buf:  make([]byte, bufSize),
+		oob:  make([]byte, unix.CmsgSpace(scmMaxFD*4)),
+		pipe: [2]int{-1, -1},
 	}
 	// Peeks must start at the head of the queue; a socket handed to us
 	// might have SO_PEEK_OFF set.
@@ -169,19 +189,89 @@ func (r *reader) fill(fd int) bool {
 		if rights {
 			continue // a send with descriptors came meanwhile
 		}
+		if queued >= spliceMin && r.splice(fd, queued) {
+			return true
+		}
 		r.err = r.take(fd, 0, min(queued, len(r.buf)), false)
 		return true
+	}
+}
+
+// splice moves up to n plain bytes from fd into the reader's pipe, as a
+// chunk for send to splice on. It returns false, having done nothing, if
+// splicing is not to be had here.
+func (r *reader) splice(fd, n int) bool {
+	if r.noSplice {
+		return false
+	}
+	if r.pipe[0] < 0 {
+		if err := unix.Pipe2(r.pipe[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+			r.noSplice = true
+			return false
+		}
+		// A smaller pipe only means more splices.
+		unix.FcntlInt(uintptr(r.pipe[1]), unix.F_SETPIPE_SZ, pipeSize)
+	}
+	for {
+		m, err := unix.Splice(fd, nil, r.pipe[1], nil, n, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EINVAL || err == unix.ENOSYS || err == unix.EOPNOTSUPP:
+			r.noSplice = true
+			return false
+		case err != nil:
+			r.err = os.NewSyscallError("splice", err)
+		case m == 0:
+			r.err = errQueueShrank
+		default:
+			r.got = append(r.got, chunk{piped: int(m), pipe: r.pipe[0]})
+		}
+		return true
+	}
+}
+
+// close releases the reader's pipe.
+func (r *reader) close() {
+	if r.pipe[0] >= 0 {
+		unix.Close(r.pipe[0])
+		unix.Close(r.pipe[1])
+		r.pipe = [2]int{-1, -1}
 	}
 }
 
 // peek looks at the head of the queue without taking it, and reports
 // whether a send with descriptors is queued.
 func peek(fd int, buf []byte) (n int, rights bool, err error) {
+	n, _, flags, err := recvmsg(fd, buf, nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return n, flags&unix.MSG_CTRUNC != 0, err
+}
+
+// recvmsg is recvmsg(2) without a source address, which a connected
+// stream socket has no use for: unix.Recvmsg allocates room for one on
+// every call, and the relay calls it several times a message. It tries
+// again on EINTR, and returns the raw errno.
+func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err error) {
+	var iov unix.Iovec
+	var msg unix.Msghdr
+	if len(p) > 0 {
+		iov.Base = &p[0]
+		iov.SetLen(len(p))
+		msg.Iov, msg.Iovlen = &iov, 1
+	}
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
 	for {
-		n, _, flags, _, err := unix.Recvmsg(fd, buf, nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err != unix.EINTR {
-			return n, flags&unix.MSG_CTRUNC != 0, err
+		r, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+		if errno == unix.EINTR {
+			continue
 		}
+		if errno != 0 {
+			return 0, 0, 0, errno
+		}
+		return int(r), int(msg.Controllen), int(msg.Flags), nil
 	}
 }
 
@@ -282,14 +372,7 @@ var errUnforeseenRights = errors.New("descriptors came where the peeks said ther
 // take reads buf[off:end], which the last peek saw, into a chunk. The
 // descriptors come with it if and only if rights says they should.
 func (r *reader) take(fd, off, end int, rights bool) error {
-	var n, oobn, flags int
-	var err error
-	for {
-		n, oobn, flags, _, err = unix.Recvmsg(fd, r.buf[off:end], r.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	n, oobn, flags, err := recvmsg(fd, r.buf[off:end], r.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 	if err != nil {
 		return os.NewSyscallError("recvmsg", err)
 	}

@@ -71,6 +71,7 @@ func pump(src, dst End) error {
 	if err != nil {
 		return &Error{Op: "read", End: src.Name, Err: err}
 	}
+	defer r.close()
 	wc, err := dst.Conn.SyscallConn()
 	if err != nil {
 		return &Error{Op: "write", End: dst.Name, Err: err}
@@ -98,6 +99,9 @@ func pump(src, dst End) error {
 // send writes all of c, its descriptors with its first byte. It keeps
 // ownership of nothing: the caller closes c's descriptors.
 func send(rc syscall.RawConn, c chunk) error {
+	if c.piped > 0 {
+		return sendPiped(rc, c)
+	}
 	data := c.data
 	var oob []byte
 	if len(c.fds) > 0 {
@@ -119,6 +123,32 @@ func send(rc syscall.RawConn, c chunk) error {
 			// A short send has taken the descriptors with its first
 			// byte; the rest goes without them.
 			data, oob = data[n:], nil
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// sendPiped splices the c.piped bytes waiting in c.pipe to the socket.
+func sendPiped(rc syscall.RawConn, c chunk) error {
+	left := c.piped
+	var serr error
+	err := rc.Write(func(fd uintptr) bool {
+		for left > 0 {
+			n, err := unix.Splice(c.pipe, nil, int(fd), nil, left, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			switch {
+			case err == unix.EAGAIN:
+				return false // the pipe holds them: the socket is full
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				serr = os.NewSyscallError("splice", err)
+				return true
+			}
+			left -= int(n)
 		}
 		return true
 	})

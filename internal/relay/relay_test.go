@@ -533,3 +533,32 @@ func TestKernelFactsTheReaderNeeds(t *testing.T) {
 	assert.False(t, rights, "descriptors once taken are gone from the queue")
 	assert.Equal(t, 19, n)
 }
+
+// A receiver that goes while a bulk stream is spliced to it: the relay
+// ends with the peer gone (EPIPE or ECONNRESET), and the process lives on
+// (the kernel's SIGPIPE for a splice is the Go runtime's to ignore).
+func TestBulkReceiverGoes(t *testing.T) {
+	r := newRig(t)
+	r.start()
+	block := make([]byte, 256<<10)
+	sent := make(chan error, 1)
+	go func() {
+		for i := 0; i < 64; i++ {
+			if _, err := unix.Write(r.a, block); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	buf := make([]byte, 64<<10)
+	_, err := unix.Read(r.b, buf)
+	require.NoError(t, err)
+	unix.Close(r.b)
+	r.b = -1
+	err = r.wait(t)
+	require.Error(t, err)
+	assert.True(t, PeerGone(err), "%v", err)
+	// The sender is told too, once the relay stops reading.
+	assert.ErrorIs(t, <-sent, syscall.EPIPE)
+}
