@@ -18,9 +18,9 @@ const scmMaxFD = 253
 // or QMP message, and cheap to copy.
 const firstPeek = 4 << 10
 
-// bufSize is what one read takes at most. Larger reads cost fewer system
-// calls per byte; this is where a byte stream's throughput stops growing
-// here (doc/performance.md).
+// bufSize is what one copied read takes at most: the bytes of a send with
+// descriptors and those queued in front of it, or a short run of plain
+// bytes (longer ones are spliced).
 const bufSize = 64 << 10
 
 // A chunk is what one read took from a socket: bytes, and the descriptors
