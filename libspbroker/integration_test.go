@@ -2,6 +2,7 @@ package libspbroker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -51,7 +52,23 @@ func serveBroker(path string) (*broker.Broker, <-chan error, error) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- b.Serve(ln) }()
-	return b, done, nil
+	// Serve sets up its loop, and the loop's descriptors (a spare one
+	// among them), on its own goroutine: wait until it answers, or a test
+	// that counts descriptors may count while they are being opened.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := b.Waiting(); err == nil {
+			return b, done, nil
+		}
+		select {
+		case err := <-done:
+			return nil, nil, err
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			b.Shutdown()
+			return nil, nil, errors.New("the broker did not start serving")
+		}
+	}
 }
 
 // startBroker runs the real pairing engine for one test and returns it and
