@@ -114,6 +114,7 @@ func TestReplacesStaleSocket(t *testing.T) {
 	fi, err := os.Lstat(path)
 	require.NoError(t, err)
 	assert.Equal(t, fs.FileMode(0o660), fi.Mode().Perm(), "the stale socket is still there")
+	assert.Contains(t, d.stderr.String(), `msg="replaced a stale socket: nobody was listening on it" path=`+path)
 	pairOnce(t, path)
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 	_, err = os.Lstat(path)

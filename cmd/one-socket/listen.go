@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -35,7 +36,7 @@ func isAbstract(path string) bool { return strings.HasPrefix(path, "@") }
 // chmod. An existing socket file is replaced only if nothing answers
 // on it; anything else at the path makes listen fail and stays untouched.
 // The caller owns the listener; the listener never removes the file.
-func listen(path string, mode fs.FileMode, gid int) (*net.UnixListener, *socketFile, error) {
+func listen(path string, mode fs.FileMode, gid int, log *slog.Logger) (*net.UnixListener, *socketFile, error) {
 	addr := &net.UnixAddr{Name: path, Net: "unix"}
 	if isAbstract(path) {
 		// The kernel frees an abstract name when its last socket closes,
@@ -50,7 +51,7 @@ func listen(path string, mode fs.FileMode, gid int) (*net.UnixListener, *socketF
 		return ln, &socketFile{path: path, abstract: true}, nil
 	}
 
-	if err := clearPath(path); err != nil {
+	if err := clearPath(path, log); err != nil {
 		return nil, nil, err
 	}
 	// Bind under a tight umask: the socket file exists from bind() on, and
@@ -93,7 +94,7 @@ func listen(path string, mode fs.FileMode, gid int) (*net.UnixListener, *socketF
 // clearPath makes path free for bind: nothing there is fine, a socket
 // nobody listens on (left by a broker that died) is removed, and anything
 // else is an error. It never removes something that is not a socket.
-func clearPath(path string) error {
+func clearPath(path string, log *slog.Logger) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		dir := filepath.Dir(path)
@@ -123,6 +124,7 @@ func clearPath(path string) error {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("removing stale socket: %w", err)
 		}
+		log.Info("replaced a stale socket: nobody was listening on it", "path", path)
 		return nil
 	case errors.Is(err, unix.ENOENT):
 		return nil // removed between Lstat and connect

@@ -248,21 +248,21 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	// checked first all the same: a second daemon is told about the broker
 	// that runs there, not about its control socket.
 	if !brokerActivated && !isAbstract(d.brokerPath) {
-		if err := clearPath(d.brokerPath); err != nil {
+		if err := clearPath(d.brokerPath, log); err != nil {
 			return d.fail(log, err, "socket", d.brokerPath)
 		}
 	}
 	if d.act != nil && d.act.control != nil {
 		d.ctlLn, d.act.control = d.act.control, nil
 	} else if d.ctlPath != "" {
-		if d.ctlLn, d.ctlSock, err = listen(d.ctlPath, ctlSocketMode, -1); err != nil {
+		if d.ctlLn, d.ctlSock, err = listen(d.ctlPath, ctlSocketMode, -1, log); err != nil {
 			return d.fail(log, fmt.Errorf("control socket: %w", err), "ctl_socket", d.ctlPath)
 		}
 	}
 	var ln *net.UnixListener
 	if brokerActivated {
 		ln, d.act.broker = d.act.broker, nil
-	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode, gid); err != nil {
+	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode, gid, log); err != nil {
 		return d.fail(log, err, "socket", d.brokerPath)
 	}
 	if err := d.startEngine(ln); err != nil {

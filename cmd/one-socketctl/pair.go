@@ -171,7 +171,16 @@ func (a *app) bridge(f *os.File) int {
 		sent <- err
 	}()
 	if _, err := io.Copy(a.stdout, conn); err != nil {
-		a.errorf("pair: receiving: %v", err)
+		// io.Copy may splice, and then names stdout whatever failed.
+		var errno syscall.Errno
+		switch {
+		case errors.Is(err, syscall.ECONNRESET):
+			a.errorf("pair: the peer reset the paired socket (it closed it with data still unread)")
+		case errors.As(err, &errno) && !errors.Is(err, syscall.EPIPE):
+			a.errorf("pair: receiving from the paired socket or writing to standard output: %v", errno)
+		default:
+			a.errorf("pair: receiving: %v", err)
+		}
 		return exitFailure
 	}
 	select {

@@ -215,3 +215,19 @@ func TestFDName(t *testing.T) {
 	assert.Equal(t, "spbroker", fdName([]byte(strings.Repeat("k", 256))))
 	assert.Equal(t, strings.Repeat("k", 255), fdName([]byte(strings.Repeat("k", 255))))
 }
+
+// A peer that closes with data unread resets the socket: pair says so,
+// naming the socket, not standard output (which io.Copy splices to).
+func TestPairReportsReset(t *testing.T) {
+	be := startBackend(t)
+	// a keeps sending and never reads: when it exits, what the peer sent
+	// is unread, and the peer's read sees a reset.
+	a := start(t, testEnv(), stdinPipe, "--socket", be.socket, "pair", "rst", "--",
+		"sh", "-c", "sleep 0.3; exit 0")
+	be.waitWaiting(t, 1)
+	b := start(t, testEnv(), strings.NewReader(strings.Repeat("x", 1<<16)), "--socket", be.socket, "pair", "rst")
+	assert.Equal(t, 0, a.wait())
+	assert.Equal(t, exitFailure, b.wait())
+	assert.Contains(t, b.stderr.String(), "the peer reset the paired socket")
+	assert.NotContains(t, b.stderr.String(), "/dev/stdout")
+}
