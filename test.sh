@@ -44,15 +44,27 @@ gofmt_clean() {
 
 step gofmt gofmt_clean
 step vet go vet ./...
-step staticcheck go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
-step test go test -race -count=1 ./...
+# staticcheck is pinned by the tool directive in go.mod.
+step staticcheck go tool staticcheck ./...
+# Every Go test but the C library's, which is a step of its own below.
+go_packages() { go list ./... | grep -v '^github.com/one-socket/one-socket/test$'; }
+step test go test -race -count=1 $(go_packages)
+# The C library's conformance suite: libspbroker.a built four ways and
+# installed, each run in forked children, under sanitizers and valgrind,
+# and linked into C and C++ consumers through pkg-config and meson.
+step c-library go test -race -count=1 ./test/
 # The Kubernetes manifests, decoded strictly against the API types by a
 # module of their own (k8s.io stays out of the main module), and played
 # on this machine as a node when run as root.
+# The module has its own go.mod; it is checked with the main module's
+# staticcheck, built from the version go.mod pins.
 k8s_manifests() (
+	bin=$(mktemp -d) && trap 'rm -rf "$bin"' EXIT &&
+	go build -o "$bin/staticcheck" honnef.co/go/tools/cmd/staticcheck &&
+	staticcheck=$bin/staticcheck &&
 	cd deploy/kubernetes/validate &&
 		go vet ./... &&
-		go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... &&
+		"$staticcheck" ./... &&
 		go test -race -count=1 ./...
 )
 step kubernetes k8s_manifests
