@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/paths"
 )
 
 // restTimeout bounds the wait for the rest of a message once its first
@@ -200,6 +202,35 @@ func GetPair(ctx context.Context, path string, key []byte, mode Mode) (*os.File,
 		return nil, &net.OpError{Op: op, Net: "unix", Addr: addr, Err: ctx.Err()}
 	}
 	return f, err
+}
+
+// GetPairConn is GetPair for a caller that wants the connection to its
+// peer as a *net.UnixConn, which the caller owns and closes.
+func GetPairConn(ctx context.Context, path string, key []byte, mode Mode) (*net.UnixConn, error) {
+	f, err := GetPair(ctx, path, key, mode)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // FileConn holds a duplicate
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, &net.OpError{Op: "receive", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: err}
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, &net.OpError{Op: "receive", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"},
+			Err: errors.New("the broker sent a descriptor that is not a Unix socket")}
+	}
+	return uc, nil
+}
+
+// DefaultSocketPath returns the broker socket a program should use when
+// nothing else says, as the daemon decides it: $ONE_SOCKET_PATH if set,
+// else /run/one.socket for root, else $XDG_RUNTIME_DIR/one.socket. It
+// fails for a user other than root without XDG_RUNTIME_DIR.
+func DefaultSocketPath() (string, error) {
+	return paths.BrokerSocket("", os.Getenv, os.Geteuid())
 }
 
 func checkGetPair(key []byte, mode Mode) error {

@@ -236,3 +236,49 @@ func BenchmarkGetPair(b *testing.B) {
 		s.f.Close()
 	}
 }
+
+// GetPairConn gives the pair as a *net.UnixConn, connected to the peer's.
+func TestGetPairConn(t *testing.T) {
+	_, path := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	server := getPairAsync(ctx, path, "conn", spb.ModeServer)
+	c, err := spb.GetPairConn(ctx, path, []byte("conn"), spb.ModeClient)
+	require.NoError(t, err)
+	defer c.Close()
+	r := <-server
+	require.NoError(t, r.err)
+	defer r.f.Close()
+	_, err = c.Write([]byte("ping"))
+	require.NoError(t, err)
+	buf := make([]byte, 4)
+	_, err = r.f.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(buf))
+
+	// Its errors are GetPair's.
+	_, err = spb.GetPairConn(ctx, path, nil, spb.ModeClient)
+	require.ErrorIs(t, err, spb.ErrInvalidKey)
+}
+
+// DefaultSocketPath decides as the daemon does.
+func TestDefaultSocketPath(t *testing.T) {
+	t.Setenv("ONE_SOCKET_PATH", "/tmp/explicit.socket")
+	p, err := spb.DefaultSocketPath()
+	require.NoError(t, err)
+	require.Equal(t, "/tmp/explicit.socket", p)
+
+	t.Setenv("ONE_SOCKET_PATH", "")
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/4242")
+	p, err = spb.DefaultSocketPath()
+	if os.Geteuid() == 0 {
+		require.NoError(t, err)
+		require.Equal(t, "/run/one.socket", p)
+	} else {
+		require.NoError(t, err)
+		require.Equal(t, "/run/user/4242/one.socket", p)
+		t.Setenv("XDG_RUNTIME_DIR", "")
+		_, err = spb.DefaultSocketPath()
+		require.Error(t, err)
+	}
+}

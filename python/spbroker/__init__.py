@@ -21,7 +21,7 @@ them; replies of 1040 or 1044 bytes are accepted.
 """
 
 from . import client, errors, protocol
-from .client import Key, PathArg, connect, get_pair, receive_set_pair, send_get_pair
+from .client import Key, PathArg, connect, default_socket_path, get_pair, receive_set_pair, send_get_pair
 from .errors import (
     BrokerClosedError,
     DescriptorCountError,

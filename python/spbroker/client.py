@@ -40,7 +40,7 @@ from .protocol import (
     validate,
 )
 
-__all__ = ["Key", "PathArg", "connect", "send_get_pair", "receive_set_pair", "get_pair"]
+__all__ = ["Key", "PathArg", "default_socket_path", "connect", "send_get_pair", "receive_set_pair", "get_pair"]
 
 #: What a key may be given as; ``str`` is encoded as UTF-8.
 Key = Union[bytes, bytearray, memoryview, str]
@@ -64,6 +64,27 @@ _ANCBUF_SIZE = socket.CMSG_SPACE(_SCM_MAX_FD * array.array("i").itemsize)
 # supports it; elsewhere they are made so right after.
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def default_socket_path() -> str:
+    """Return the broker socket to use when nothing else says, as the daemon
+    decides it: ``$ONE_SOCKET_PATH`` if set, else ``/run/one.socket`` for
+    root, else ``$XDG_RUNTIME_DIR/one.socket``. Empty variables count as
+    unset. Raises ``OSError`` (ENOENT) for a user other than root without
+    ``XDG_RUNTIME_DIR``."""
+    explicit = os.environ.get("ONE_SOCKET_PATH", "")
+    if explicit:
+        return explicit
+    if os.geteuid() == 0:
+        return "/run/one.socket"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not runtime:
+        raise OSError(
+            errno.ENOENT,
+            "no socket path: XDG_RUNTIME_DIR is not set, so there is no default for a user other than root; "
+            "set ONE_SOCKET_PATH",
+        )
+    return os.path.join(runtime, "one.socket")
 
 
 def _address(path: PathArg) -> Union[str, bytes]:

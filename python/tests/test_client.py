@@ -475,3 +475,28 @@ class ConnectTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DefaultSocketPathTest(unittest.TestCase):
+    """default_socket_path decides as the daemon and the Go package do."""
+
+    def test_explicit(self):
+        with mock.patch.dict(os.environ, {"ONE_SOCKET_PATH": "/tmp/explicit.socket"}):
+            self.assertEqual(spbroker.default_socket_path(), "/tmp/explicit.socket")
+
+    def test_root(self):
+        with mock.patch.dict(os.environ, {"ONE_SOCKET_PATH": "", "XDG_RUNTIME_DIR": "/run/user/7"}), \
+                mock.patch.object(os, "geteuid", return_value=0):
+            self.assertEqual(spbroker.default_socket_path(), "/run/one.socket")
+
+    def test_user(self):
+        with mock.patch.dict(os.environ, {"ONE_SOCKET_PATH": "", "XDG_RUNTIME_DIR": "/run/user/7"}), \
+                mock.patch.object(os, "geteuid", return_value=7):
+            self.assertEqual(spbroker.default_socket_path(), "/run/user/7/one.socket")
+
+    def test_user_without_runtime_dir(self):
+        with mock.patch.dict(os.environ, {"ONE_SOCKET_PATH": "", "XDG_RUNTIME_DIR": ""}), \
+                mock.patch.object(os, "geteuid", return_value=7):
+            with self.assertRaises(OSError) as cm:
+                spbroker.default_socket_path()
+            self.assertEqual(cm.exception.errno, errno.ENOENT)

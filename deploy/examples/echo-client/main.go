@@ -9,13 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/one-socket/one-socket/internal/paths"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -31,7 +29,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "one-socket-echo-client: give a key of 1 to 1024 bytes (-key or $PAIR_KEY), a positive -interval and no arguments")
 		os.Exit(2)
 	}
-	path, err := paths.BrokerSocket("", os.Getenv, os.Geteuid())
+	path, err := libspbroker.DefaultSocketPath()
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -55,17 +53,12 @@ func main() {
 
 // talk pairs once and sends a line every interval, logging each reply, until it fails.
 func talk(ctx context.Context, path string, key []byte, interval time.Duration, n *int) error {
-	f, err := libspbroker.GetPair(ctx, path, key, libspbroker.ModeClient)
+	c, err := libspbroker.GetPairConn(ctx, path, key, libspbroker.ModeClient)
 	if err != nil {
 		return fmt.Errorf("no pair for %q: %w", key, err)
 	}
-	// A net.Conn works on its own copy of the descriptor, and can be
-	// closed from another goroutine to end a blocked read.
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("using the pair: %w", err)
-	}
+	// A net.Conn can be closed from another goroutine to end a blocked
+	// read.
 	defer c.Close()
 	defer context.AfterFunc(ctx, func() { c.Close() })()
 	log.Printf("paired with a server for %q", key)
