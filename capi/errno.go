@@ -2,8 +2,6 @@ package main
 
 import (
 	"errors"
-	"io"
-	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -28,11 +26,9 @@ func errnoOf(err error) unix.Errno {
 	case errors.Is(err, libspbroker.ErrProtocol):
 		return unix.EPROTO
 	case errors.As(err, &en) && en != 0:
+		// The library's own errors carry theirs: a connection closed
+		// mid-message unwraps to ECONNRESET, a stalled one to ETIMEDOUT.
 		return en
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return unix.ETIMEDOUT
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		return unix.ECONNRESET
 	}
 	return unix.EIO
 }

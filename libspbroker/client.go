@@ -79,7 +79,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 func (c *Conn) SendGetPair(key []byte, mode Mode) error {
 	var buf [MessageSize]byte
 	if err := encodeGetPair(&buf, key, mode); err != nil {
-		return c.opError("send", err)
+		return c.opError(OpSend, err)
 	}
 	sent := 0
 	var serr error
@@ -104,7 +104,7 @@ func (c *Conn) SendGetPair(key []byte, mode Mode) error {
 	} else {
 		err = serr
 	}
-	return c.opError("send", err)
+	return c.opError(OpSend, err)
 }
 
 // ReceiveSetPair waits for the broker's SET_PAIR and returns the descriptor
@@ -149,7 +149,7 @@ func (c *Conn) ReceiveSetPair() (*os.File, error) {
 		c.mu.Unlock()
 	}
 	if err != nil {
-		return nil, c.opError("receive", err)
+		return nil, c.opError(OpReceive, err)
 	}
 	return os.NewFile(uintptr(fd), "spbroker-peer"), nil
 }
@@ -179,9 +179,9 @@ func rawErr(err error) error {
 func GetPair(ctx context.Context, path string, key []byte, mode Mode) (*os.File, error) {
 	addr := &net.UnixAddr{Name: path, Net: "unix"}
 	if err := checkGetPair(key, mode); err != nil {
-		return nil, &net.OpError{Op: "send", Net: "unix", Addr: addr, Err: err}
+		return nil, &net.OpError{Op: OpSend, Net: "unix", Addr: addr, Err: err}
 	}
-	op := "dial"
+	op := OpDial
 	f, err := func() (*os.File, error) {
 		c, err := DialContext(ctx, path)
 		if err != nil {
@@ -190,11 +190,11 @@ func GetPair(ctx context.Context, path string, key []byte, mode Mode) (*os.File,
 		defer c.Close()
 		stop := context.AfterFunc(ctx, func() { c.Close() })
 		defer stop()
-		op = "send"
+		op = OpSend
 		if err := c.SendGetPair(key, mode); err != nil {
 			return nil, err
 		}
-		op = "receive"
+		op = OpReceive
 		return c.ReceiveSetPair()
 	}()
 	if err != nil && ctx.Err() != nil {
@@ -214,12 +214,12 @@ func GetPairConn(ctx context.Context, path string, key []byte, mode Mode) (*net.
 	defer f.Close() // FileConn holds a duplicate
 	c, err := net.FileConn(f)
 	if err != nil {
-		return nil, &net.OpError{Op: "receive", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: err}
+		return nil, &net.OpError{Op: OpReceive, Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: err}
 	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		c.Close()
-		return nil, &net.OpError{Op: "receive", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"},
+		return nil, &net.OpError{Op: OpReceive, Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"},
 			Err: errors.New("the broker sent a descriptor that is not a Unix socket")}
 	}
 	return uc, nil

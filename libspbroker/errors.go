@@ -5,6 +5,15 @@ import (
 	"fmt"
 )
 
+// The Op of the *net.OpError values this package returns: which step of
+// getting a pair failed.
+const (
+	OpDial    = "dial"    // connecting to the broker (GetPair, Dial)
+	OpConnect = "connect" // connecting to the broker (Connect)
+	OpSend    = "send"    // sending GET_PAIR, or checking what it would send
+	OpReceive = "receive" // receiving SET_PAIR and its descriptor
+)
+
 // ErrProtocol matches every protocol violation: a message that breaks one
 // of the protocol's rules, whichever side sent it.
 var ErrProtocol = errors.New("socketpair broker protocol error")

@@ -29,7 +29,7 @@ func Connect(path string, nonblock bool) (int, error) {
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, typ, 0)
 	if err != nil {
-		return -1, opError("connect", addr, os.NewSyscallError("socket", err))
+		return -1, opError(OpConnect, addr, os.NewSyscallError("socket", err))
 	}
 	sa := &unix.SockaddrUnix{Name: path}
 	for {
@@ -42,7 +42,7 @@ func Connect(path string, nonblock bool) (int, error) {
 	}
 	if err != nil && !(nonblock && err == unix.EINPROGRESS) {
 		unix.Close(fd)
-		return -1, opError("connect", addr, os.NewSyscallError("connect", err))
+		return -1, opError(OpConnect, addr, os.NewSyscallError("connect", err))
 	}
 	return fd, nil
 }
@@ -59,7 +59,7 @@ func Connect(path string, nonblock bool) (int, error) {
 func SendGetPair(fd int, key []byte, mode Mode) error {
 	var buf [MessageSize]byte
 	if err := encodeGetPair(&buf, key, mode); err != nil {
-		return opError("send", nil, err)
+		return opError(OpSend, nil, err)
 	}
 	var deadline time.Time
 	for sent := 0; sent < len(buf); {
@@ -73,10 +73,10 @@ func SendGetPair(fd int, key []byte, mode Mode) error {
 				deadline = time.Now().Add(restTimeout)
 			}
 			if err := waitFD(fd, unix.POLLOUT, deadline); err != nil {
-				return opError("send", nil, err)
+				return opError(OpSend, nil, err)
 			}
 		default:
-			return opError("send", nil, os.NewSyscallError("sendmsg", err))
+			return opError(OpSend, nil, os.NewSyscallError("sendmsg", err))
 		}
 	}
 	return nil
@@ -101,7 +101,7 @@ func SendGetPair(fd int, key []byte, mode Mode) error {
 func ReceiveSetPair(fd int) (int, error) {
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
-		return -1, opError("receive", nil, os.NewSyscallError("fcntl", err))
+		return -1, opError(OpReceive, nil, os.NewSyscallError("fcntl", err))
 	}
 	nonblock := fl&unix.O_NONBLOCK != 0
 	if nonblock {
@@ -111,10 +111,10 @@ func ReceiveSetPair(fd int) (int, error) {
 		var b [1]byte
 		n, _, _, err := recvmsg(fd, b[:], nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err != nil {
-			return -1, opError("receive", nil, os.NewSyscallError("recvmsg", err))
+			return -1, opError(OpReceive, nil, os.NewSyscallError("recvmsg", err))
 		}
 		if n == 0 {
-			return -1, opError("receive", nil, &closedError{})
+			return -1, opError(OpReceive, nil, &closedError{})
 		}
 	}
 	var deadline time.Time
@@ -141,7 +141,7 @@ func ReceiveSetPair(fd int) (int, error) {
 		}
 	})
 	if err != nil {
-		return -1, opError("receive", nil, err)
+		return -1, opError(OpReceive, nil, err)
 	}
 	return peer, nil
 }

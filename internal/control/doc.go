@@ -12,6 +12,7 @@
 //	{"command":"log-level"}                  (ask the level)
 //	{"command":"log-level","level":"debug"}  (set it)
 //	{"command":"reload"}                     (reread the access policy)
+//	{"command":"upgrade"}                    (re-exec the binary, keeping every client)
 //	{"command":"stop"}
 //
 // The server answers with one JSON line and closes the connection:
@@ -22,7 +23,9 @@
 // Results: status gives a [Status]; list an array of [Waiter], longest
 // waiting first; drop a [DropResult]; log-level a [LevelResult]; reload a
 // [ReloadResult], or an error saying why the file was not taken (the old
-// policy stays); stop a [StopResult], sent before the stop begins.
+// policy stays); upgrade an [UpgradeResult] once the new binary passed its
+// check, or an error saying why it did not (the old process keeps
+// serving); stop a [StopResult], sent before the stop begins.
 //
 // A request larger than [MaxRequestSize] bytes, one not complete within
 // [RequestTimeout] of the connection's acceptance, and one arriving while
