@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/scm"
+
 	"github.com/one-socket/one-socket/internal/paths"
 )
 
@@ -270,13 +272,6 @@ const (
 // waiting as st allows. It returns n == 0 and no error at end of file.
 type recvFunc func(p, oob []byte, st stage) (n, oobn, flags int, err error)
 
-// scmMaxFD is the kernel's limit on descriptors in one message (SCM_MAX_FD).
-const scmMaxFD = 253
-
-// oobSize holds the largest SCM_RIGHTS message, so that whatever a broker
-// sends is received, counted and closed rather than silently truncated.
-const oobSize = unix.SizeofCmsghdr + (scmMaxFD*4+7)&^7
-
 // readSetPair reads one SET_PAIR through recv, however its bytes are split,
 // and returns the one descriptor it carried, which the caller owns. It reads
 // nothing past the message and its padding. On error it has closed every
@@ -285,7 +280,7 @@ const oobSize = unix.SizeofCmsghdr + (scmMaxFD*4+7)&^7
 func readSetPair(recv recvFunc) (fd int, err error) {
 	var (
 		buf   [MessageSize]byte
-		oob   [oobSize]byte
+		oob   [scm.OOBSize]byte
 		n     int
 		fds   []int
 		trunc bool
@@ -298,7 +293,8 @@ func readSetPair(recv recvFunc) (fd int, err error) {
 		}
 	}()
 	take := func(oobn, flags int) {
-		fds = appendRights(fds, oob[:oobn])
+		got, _ := scm.Rights(oob[:oobn]) // whatever else came is not ours to act on
+		fds = append(fds, got...)
 		trunc = trunc || flags&unix.MSG_CTRUNC != 0
 	}
 	for st := stageFirst; n < DocumentedMessageSize; st = stageRest {
@@ -340,27 +336,6 @@ func readSetPair(recv recvFunc) (fd int, err error) {
 		return -1, &ProtocolError{Field: "u64", Value: msg.U64, Err: ErrPayload}
 	}
 	return fds[0], nil
-}
-
-// appendRights appends the descriptors of every SCM_RIGHTS message in oob.
-func appendRights(fds []int, oob []byte) []int {
-	if len(oob) == 0 {
-		return fds
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return fds
-	}
-	for i := range msgs {
-		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
-			continue
-		}
-		rights, err := unix.ParseUnixRights(&msgs[i])
-		if err == nil {
-			fds = append(fds, rights...)
-		}
-	}
-	return fds
 }
 
 // closedError reports that the broker closed the connection before a whole

@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/scm"
+
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -78,7 +80,7 @@ func connOf(fd int) *net.UnixConn {
 	return uc
 }
 
-const maxFDs = 253 // SCM_MAX_FD
+const maxFDs = scm.MaxFD
 
 // floorPump forwards each read from src as one send to dst, on a locked
 // thread in blocking system calls.

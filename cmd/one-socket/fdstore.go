@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/scm"
+
 	"github.com/one-socket/one-socket/internal/broker"
 )
 
@@ -29,9 +31,6 @@ import (
 const (
 	// storeVersion is the format of the stored description.
 	storeVersion = 1
-	// scmMaxFDs is the most descriptors the kernel lets one message carry
-	// (SCM_MAX_FD).
-	scmMaxFDs = 253
 	// barrierTimeout bounds the wait for systemd to have read the store
 	// messages before the process exits.
 	barrierTimeout = 5 * time.Second
@@ -137,7 +136,7 @@ func (d *instance) stopIntoStore() {
 }
 
 // storeClients sends the description and then the clients, at most
-// scmMaxFDs a message, and returns how many clients were sent.
+// scm.MaxFD a message, and returns how many clients were sent.
 func (d *instance) storeClients(desc *storedState, fds []int) (int, error) {
 	mfd, err := sealedMemfd("one-socket-state", desc)
 	if err != nil {
@@ -153,7 +152,7 @@ func (d *instance) storeClients(desc *storedState, fds []int) (int, error) {
 	}
 	sent := 0
 	for sent < len(fds) {
-		batch := fds[sent:min(sent+scmMaxFDs, len(fds))]
+		batch := fds[sent:min(sent+scm.MaxFD, len(fds))]
 		if err := d.notify.sendFDs("FDSTORE=1\nFDNAME="+fdNameClient, batch); err != nil {
 			return sent, err
 		}

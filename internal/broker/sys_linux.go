@@ -5,6 +5,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/scm"
+
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -22,11 +24,6 @@ func accept4(lfd int) (int, unix.Errno) {
 	return int(r), 0
 }
 
-// maxPassedFDs is the kernel's SCM_MAX_FD: the most descriptors one
-// message can carry. The peek buffer has room for all of them so that
-// every one a client sends is received and closed.
-const maxPassedFDs = 253
-
 // peeker reads a client's pending bytes without consuming them.
 //
 // Peeking instead of reading matters: consuming data from a client's socket
@@ -36,7 +33,9 @@ type peeker struct {
 	iov unix.Iovec
 	// One byte more than the longest message, to see trailing data.
 	buf [libspbroker.MessageSize + 1]byte
-	oob [(maxPassedFDs*4 + 16 + 7) &^ 7]byte
+	// Room for SCM_MAX_FD descriptors, so that every one a client sends
+	// is received and closed.
+	oob [scm.OOBSize]byte
 }
 
 func (p *peeker) init() {
@@ -89,22 +88,9 @@ func (p *peeker) read(fd int, b []byte) (n, nfds int, err unix.Errno) {
 // closeRights closes every descriptor in the SCM_RIGHTS messages of oob
 // and returns how many there were.
 func closeRights(oob []byte) int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for i := range msgs {
-		fds, err := unix.ParseUnixRights(&msgs[i])
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-		n += len(fds)
-	}
-	return n
+	fds, _ := scm.Rights(oob)
+	scm.CloseAll(fds)
+	return len(fds)
 }
 
 // sender sends SET_PAIR messages, each carrying one descriptor.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 // Benchmarks of the relay in one process, beside a direct socketpair:
@@ -105,7 +107,7 @@ func benchEnds(b *testing.B, j joint) (x, y int) {
 
 // naivePump forwards each read from src as one write to dst.
 func naivePump(src, dst *net.UnixConn) error {
-	buf, oob := make([]byte, bufSize), make([]byte, unix.CmsgSpace(scmMaxFD*4))
+	buf, oob := make([]byte, bufSize), make([]byte, scm.OOBSize)
 	for {
 		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
 		if err != nil || n == 0 {
@@ -139,7 +141,7 @@ func naivePump(src, dst *net.UnixConn) error {
 func floorPump(src, dst int) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	buf, oob := make([]byte, bufSize), make([]byte, unix.CmsgSpace(scmMaxFD*4))
+	buf, oob := make([]byte, bufSize), make([]byte, scm.OOBSize)
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(src, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err == unix.EINTR {
@@ -379,7 +381,7 @@ func benchRead(b *testing.B, queued int, withFD, raw bool) {
 	rfd := -1
 	rc, _ := c.SyscallConn()
 	rc.Control(func(fd uintptr) { rfd = int(fd) })
-	rbuf, roob := make([]byte, bufSize), make([]byte, unix.CmsgSpace(scmMaxFD*4))
+	rbuf, roob := make([]byte, bufSize), make([]byte, scm.OOBSize)
 	for b.Loop() {
 		if queued > 0 {
 			if err := sendBench(w, front, nil); err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 // Handoff lets two one-socketctl processes that got a brokered socket join
@@ -192,7 +194,7 @@ func giveConn(conn, own *net.UnixConn) error {
 // receiveConn receives the other end's connection.
 func receiveConn(conn *net.UnixConn) (*net.UnixConn, error) {
 	b := make([]byte, 1)
-	oob := make([]byte, unix.CmsgSpace(scmMaxFD*4))
+	oob := make([]byte, scm.OOBSize)
 	n, oobn, flags, _, err := conn.ReadMsgUnix(b, oob)
 	if err != nil {
 		return nil, fmt.Errorf("receiving the connection: %w", err)

@@ -8,11 +8,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// scmMaxFD is the kernel's limit on descriptors in one message (SCM_MAX_FD),
-// and so the most one read can return.
-const scmMaxFD = 253
+	"github.com/one-socket/one-socket/internal/scm"
+)
 
 // firstPeek is how much a read looks at first: more than any vhost-user
 // or QMP message, and cheap to copy.
@@ -98,7 +96,7 @@ func newReader(c syscall.Conn) (*reader, error) {
 	r := &reader{
 		rc:   rc,
 		buf:  make([]byte, bufSize),
-		oob:  make([]byte, unix.CmsgSpace(scmMaxFD*4)),
+		oob:  make([]byte, scm.OOBSize),
 		pipe: [2]int{-1, -1},
 	}
 	// Peeks must start at the head of the queue; a socket handed to us
@@ -399,29 +397,6 @@ func (r *reader) take(fd, off, end int, rights bool) error {
 
 // parseRights returns the descriptors in control data, and an error for
 // any other kind of message (none is asked for).
-func parseRights(oob []byte) ([]int, error) {
-	if len(oob) == 0 {
-		return nil, nil
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, os.NewSyscallError("recvmsg: parsing control data", err)
-	}
-	var fds []int
-	var bad error
-	for i := range msgs {
-		got, err := unix.ParseUnixRights(&msgs[i])
-		if err != nil {
-			bad = errors.New("recvmsg: control data other than SCM_RIGHTS")
-			continue
-		}
-		fds = append(fds, got...)
-	}
-	return fds, bad
-}
+func parseRights(oob []byte) ([]int, error) { return scm.Rights(oob) }
 
-func closeAll(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
-	}
-}
+func closeAll(fds []int) { scm.CloseAll(fds) }

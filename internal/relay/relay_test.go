@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/internal/testutil"
 )
 
@@ -146,7 +147,7 @@ func trySend(fd int, data []byte, fds []int) error {
 // them.
 func recvSome(t *testing.T, fd int, buf []byte) (int, []int) {
 	t.Helper()
-	oob := make([]byte, unix.CmsgSpace(scmMaxFD*4))
+	oob := make([]byte, unix.CmsgSpace(scm.MaxFD*4))
 	n, oobn, flags, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 	require.NoError(t, err)
 	require.Zero(t, flags&unix.MSG_CTRUNC, "control data truncated")
@@ -246,7 +247,7 @@ func TestFramedStreamKeepsEveryDescriptorInPlace(t *testing.T) {
 			f.nfds = 8
 		}
 		if i%50 == 25 {
-			f.nfds = scmMaxFD
+			f.nfds = scm.MaxFD
 		}
 		if i%100 == 99 {
 			f.size = 1 << 20
@@ -406,15 +407,15 @@ func TestResetIsPeerGone(t *testing.T) {
 func TestTooManyDescriptorsRefusedAtTheSender(t *testing.T) {
 	r := newRig(t)
 	r.start()
-	fds := memfds(t, scmMaxFD+1, "many")
+	fds := memfds(t, scm.MaxFD+1, "many")
 	_, err := unix.SendmsgN(r.a, []byte("x"), unix.UnixRights(fds...), nil, unix.MSG_NOSIGNAL)
 	assert.ErrorIs(t, err, syscall.EINVAL)
-	sendRights(t, r.a, []byte("y"), fds[:scmMaxFD])
+	sendRights(t, r.a, []byte("y"), fds[:scm.MaxFD])
 	closeAll(fds)
 	buf := make([]byte, 1)
 	n, got := recvSome(t, r.b, buf)
 	assert.Equal(t, "y", string(buf[:n]))
-	assert.Len(t, got, scmMaxFD)
+	assert.Len(t, got, scm.MaxFD)
 	checkTags(t, got, "many")
 }
 

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 // Manager plays systemd's part for a service with a file descriptor store,
@@ -53,7 +55,7 @@ func idOf(fd int) (fileID, error) {
 }
 
 // maxFDsPerMessage is the kernel's SCM_MAX_FD.
-const maxFDsPerMessage = 253
+const maxFDsPerMessage = scm.MaxFD
 
 // NewManager returns a Manager whose sockets live in dir; with sockets it
 // listens on BrokerPath and CtlPath itself, and passes them to each

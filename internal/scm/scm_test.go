@@ -1,0 +1,62 @@
+package scm
+
+import (
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func TestOOBSize(t *testing.T) {
+	assert.Equal(t, unix.CmsgSpace(MaxFD*4), OOBSize)
+}
+
+// Descriptors sent with a message come back out of its control data; more
+// than MaxFD cannot be sent at all.
+func TestRights(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer CloseAll(fds[:])
+	var sent []int
+	for i := 0; i <= MaxFD; i++ {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		require.NoError(t, err)
+		sent = append(sent, fd)
+	}
+	defer CloseAll(sent)
+	_, err = unix.SendmsgN(fds[0], []byte("x"), unix.UnixRights(sent...), nil, 0)
+	assert.ErrorIs(t, err, unix.EINVAL)
+	_, err = unix.SendmsgN(fds[0], []byte("x"), unix.UnixRights(sent[:MaxFD]...), nil, 0)
+	require.NoError(t, err)
+
+	oob := make([]byte, OOBSize)
+	_, oobn, flags, _, err := unix.Recvmsg(fds[1], make([]byte, 1), oob, unix.MSG_CMSG_CLOEXEC)
+	require.NoError(t, err)
+	assert.Zero(t, flags&unix.MSG_CTRUNC, "OOBSize holds MaxFD descriptors")
+	got, err := Rights(oob[:oobn])
+	require.NoError(t, err)
+	assert.Len(t, got, MaxFD)
+	CloseAll(got)
+
+	none, err := Rights(nil)
+	assert.NoError(t, err)
+	assert.Empty(t, none)
+	// A header that claims more than there is.
+	bogus := make([]byte, unix.SizeofCmsghdr)
+	(*unix.Cmsghdr)(unsafe.Pointer(&bogus[0])).SetLen(1000)
+	_, err = Rights(bogus)
+	assert.Error(t, err)
+}
+
+// Credentials are not rights: reported, and the rights beside them kept.
+func TestRightsBesideOtherData(t *testing.T) {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	oob := append(unix.UnixCredentials(&unix.Ucred{Pid: 1}), unix.UnixRights(fd)...)
+	got, err := Rights(oob)
+	assert.ErrorIs(t, err, ErrNotRights)
+	assert.Equal(t, []int{fd}, got)
+	unix.Close(fd)
+}
