@@ -14,7 +14,9 @@
 # had here, with the reason on standard error.
 set -eu
 
-dir=${ONE_SOCKET_GUEST_DIR:-${XDG_CACHE_HOME:-${HOME:?}/.cache}/one-socket/guest}
+# HOME may be unset where CI runs; the user's entry in passwd says it.
+home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+dir=${ONE_SOCKET_GUEST_DIR:-${XDG_CACHE_HOME:-${home:-/tmp}/.cache}/one-socket/guest}
 meta=linux-image-cloud-amd64
 
 skip() {
