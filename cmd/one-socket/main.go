@@ -28,6 +28,7 @@ import (
 	"github.com/one-socket/one-socket/internal/broker"
 	"github.com/one-socket/one-socket/internal/control"
 	"github.com/one-socket/one-socket/internal/paths"
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 func main() {
@@ -293,7 +294,7 @@ func (d *instance) startEngine(ln *net.UnixListener) error {
 		go func() { d.served <- d.b.Serve(ln) }()
 		return nil
 	}
-	lfd, err := dupListener(ln)
+	lfd, err := scm.Dup(ln)
 	ln.Close()
 	if err != nil {
 		d.served = nil

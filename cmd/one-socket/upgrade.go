@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/one-socket/one-socket/internal/broker"
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 // Restart without loss: on SIGUSR2 or the control command "upgrade" the
@@ -191,20 +192,6 @@ func setCloexec(fds []int, on bool) error {
 	return nil
 }
 
-// dupListener returns a duplicate of ln's descriptor, close-on-exec.
-func dupListener(ln *net.UnixListener) (int, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd := -1
-	var derr error
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, err
-	}
-	return nfd, derr
-}
-
 // requestUpgrade is the control command's Upgrade: it checks the binary and
 // asks the serve loop to upgrade; the loop runs after the reply is sent.
 func (d *instance) requestUpgrade() error {
@@ -265,7 +252,7 @@ func (d *instance) handOver() (*broker.State, int, error) {
 	ctlFD := -1
 	if d.ctl != nil {
 		if d.ctlListener != nil {
-			if ctlFD, err = dupListener(d.ctlListener); err != nil {
+			if ctlFD, err = scm.Dup(d.ctlListener); err != nil {
 				d.log.Warn("cannot keep the control socket", "err", err)
 				ctlFD = -1
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/one-socket/one-socket/internal/control"
 	"github.com/one-socket/one-socket/internal/paths"
 	"github.com/one-socket/one-socket/internal/relay"
+	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -200,17 +201,9 @@ func (a *app) bridge(f *os.File) int {
 // socket (or both directions are shut down): poll(2) with no events
 // requested reports only that, and errors.
 func watchHangUp(conn *net.UnixConn) (<-chan struct{}, error) {
-	rc, err := conn.SyscallConn()
+	fd, err := scm.Dup(conn)
 	if err != nil {
 		return nil, err
-	}
-	fd := -1
-	var derr error
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, os.NewSyscallError("fcntl", derr)
 	}
 	gone := make(chan struct{})
 	go func() {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 // DefaultHandshakeTimeout is how long a client may take to send its whole
@@ -256,19 +258,9 @@ func (b *Broker) takeCalls() []func(*loop) {
 // the engine polls it itself, and a second registration would cost a
 // wake-up of the runtime's poller per connection.
 func takeListener(ln *net.UnixListener) (int, error) {
-	rc, err := ln.SyscallConn()
+	fd, err := scm.Dup(ln)
 	if err != nil {
 		return -1, err
-	}
-	fd := -1
-	var derr error
-	if err := rc.Control(func(s uintptr) {
-		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, os.NewSyscallError("fcntl", derr)
 	}
 	ln.SetUnlinkOnClose(false)
 	ln.Close()

@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/scm"
 )
 
 // watchHangUps watches a and b until the returned stop is called. When
@@ -15,11 +17,11 @@ import (
 // readiness, not hang-ups, so a thread of its own polls duplicates of
 // the two descriptors and an eventfd that stop signals.
 func watchHangUps(a, b *net.UnixConn) (stop func(), err error) {
-	fa, err := dupConn(a)
+	fa, err := scm.Dup(a)
 	if err != nil {
 		return nil, err
 	}
-	fb, err := dupConn(b)
+	fb, err := scm.Dup(b)
 	if err != nil {
 		unix.Close(fa)
 		return nil, err
@@ -61,21 +63,4 @@ func watchHangUps(a, b *net.UnixConn) (stop func(), err error) {
 		<-done
 		unix.Close(ev)
 	}, nil
-}
-
-// dupConn returns a close-on-exec duplicate of c's descriptor.
-func dupConn(c *net.UnixConn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	var derr error
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, os.NewSyscallError("fcntl", derr)
-	}
-	return fd, nil
 }

@@ -1,6 +1,7 @@
 package scm
 
 import (
+	"os"
 	"testing"
 	"unsafe"
 
@@ -59,4 +60,24 @@ func TestRightsBesideOtherData(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNotRights)
 	assert.Equal(t, []int{fd}, got)
 	unix.Close(fd)
+}
+
+func TestDup(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fds[1])
+	f := os.NewFile(uintptr(fds[0]), "a")
+	defer f.Close()
+	d, err := Dup(f)
+	require.NoError(t, err)
+	defer unix.Close(d)
+	assert.NotEqual(t, fds[0], d)
+	flags, err := unix.FcntlInt(uintptr(d), unix.F_GETFD, 0)
+	require.NoError(t, err)
+	assert.NotZero(t, flags&unix.FD_CLOEXEC)
+	_, err = unix.Write(d, []byte("x"))
+	require.NoError(t, err)
+	buf := make([]byte, 1)
+	_, err = unix.Read(fds[1], buf)
+	require.NoError(t, err)
 }
