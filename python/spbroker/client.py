@@ -288,33 +288,39 @@ def _receive_set_pair(sock: socket.socket, deadline: Optional[float]) -> socket.
             except OSError:
                 pass
 
-        msg = decode(received)
-        nfds = len(fds)
-        if truncated:
-            # The kernel dropped descriptors: the true count is unknown but
-            # is not what arrived.
-            nfds = max(nfds + 1, 2)
-        try:
-            validate(msg, nfds, (Request.SET_PAIR,))
-        except DescriptorCountError:
-            if truncated:
-                raise DescriptorCountError("descriptors", len(fds), "control data truncated") from None
-            raise
-        if msg.u64 != 0:
-            raise PayloadError("u64", msg.u64)
-        # Exactly one descriptor is left. Hand it from fds to the socket
-        # object without a moment when both would close it.
-        fd = fds.pop()
-        try:
-            peer = socket.socket(fileno=fd)  # ENOTSOCK for anything else
-        except BaseException:
-            os.close(fd)
-            raise
-        peer.setblocking(True)
-        return peer
+        return _complete(received, fds, truncated)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _complete(received: bytearray, fds: List[int], truncated: bool) -> socket.socket:
+    """Validate a whole SET_PAIR and return the socket it carried, taking its
+    descriptor out of fds; the caller closes whatever fds still holds."""
+    msg = decode(received)
+    nfds = len(fds)
+    if truncated:
+        # The kernel dropped descriptors: the true count is unknown but
+        # is not what arrived.
+        nfds = max(nfds + 1, 2)
+    try:
+        validate(msg, nfds, (Request.SET_PAIR,))
+    except DescriptorCountError:
+        if truncated:
+            raise DescriptorCountError("descriptors", len(fds), "control data truncated") from None
+        raise
+    if msg.u64 != 0:
+        raise PayloadError("u64", msg.u64)
+    # Exactly one descriptor is left. Hand it from fds to the socket
+    # object without a moment when both would close it.
+    fd = fds.pop()
+    try:
+        peer = socket.socket(fileno=fd)  # ENOTSOCK for anything else
+    except BaseException:
+        os.close(fd)
+        raise
+    peer.setblocking(True)
+    return peer
 
 
 def get_pair(path: PathArg, key: Key, mode: int, timeout: Optional[float] = None) -> socket.socket:
