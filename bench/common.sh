@@ -32,3 +32,10 @@ start_broker() {
 	echo "the broker did not start" >&2
 	return 1
 }
+
+# stop_broker stops the daemon start_broker started.
+stop_broker() {
+	kill "$bpid"
+	wait "$bpid" || true
+	bpid=
+}

@@ -24,35 +24,10 @@ while getopts "r:d:s:o:h" opt; do
 	esac
 done
 
-work=$(mktemp -d)
-trap 'kill "$bpid" 2>/dev/null || true; rm -rf "$work"' EXIT
-bpid=
+. "$top/bench/common.sh"
 log=${log:-$work/raw.log}
-
-cc=${CC:-cc}
-"$cc" -O2 -Wall -Wextra -pthread -o "$work/spload" "$shared/spload.c"
-"$cc" -O2 -Wall -Wextra -pthread -o "$work/floor" "$shared/floor.c"
-(cd "$top" && go build -o "$work/one-socket" ./cmd/one-socket)
-
-ulimit -n "$(ulimit -Hn)"
-sock=$work/one.socket
-
-start_broker() {
-	"$work/one-socket" --socket "$sock" --log-level warn 2>>"$work/broker.log" &
-	bpid=$!
-	for _ in $(seq 100); do
-		[ -S "$sock" ] && return 0
-		sleep 0.05
-	done
-	echo "broker did not start" >&2
-	exit 1
-}
-
-stop_broker() {
-	kill "$bpid"
-	wait "$bpid" || true
-	bpid=
-}
+build_tools
+"${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$work/floor" "$shared/floor.c"
 
 configs=(
 	"floor -e"
@@ -72,14 +47,14 @@ for r in $(seq "$rounds"); do
 			echo "floor -e | $line" | tee -a "$log"
 			continue
 		fi
-		start_broker
+		start_broker --log-level warn 2>>"$work/broker.log"
 		# shellcheck disable=SC2086
 		line=$("$work/spload" -s "$sock" -d "$secs" -p "$bpid" $c) || true
 		stop_broker
 		echo "$c | $line" | tee -a "$log"
 	done
 	for k in 32 1024; do
-		start_broker
+		start_broker --log-level warn 2>>"$work/broker.log"
 		line=$("$work/spload" -m rss -s "$sock" -p "$bpid" -w 18000 -k "$k")
 		stop_broker
 		echo "rss -k $k | $line" | tee -a "$log"
