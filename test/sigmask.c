@@ -26,6 +26,7 @@
 
 #include <socketpair-broker/helper.h>
 
+#include "proc_threads.h"
 #include "testutil.h"
 
 static const char *broker_path;
@@ -72,26 +73,6 @@ server_main(void *arg)
     return NULL;
 }
 
-/* threads - the number of threads of this process. */
-static int
-threads(void)
-{
-    FILE *f = fopen("/proc/self/status", "re");
-    char line[256];
-    int n = -1;
-
-    if (!f) {
-        return -1;
-    }
-    while (fgets(line, sizeof line, f)) {
-        if (sscanf(line, "Threads: %d", &n) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return n;
-}
-
 /* default_handler - whether @sig has its default disposition. */
 static bool
 default_handler(int sig)
@@ -119,7 +100,7 @@ main(int argc, char **argv)
     const char *v;
     struct sp_broker_msg m;
     pthread_t th;
-    int i, fd, peer = -1, server = -1, start_threads = threads();
+    int i, fd, peer = -1, server = -1, start_threads = proc_threads();
     char *err = NULL;
 
     for (i = 1; i < argc; i++) {
@@ -206,9 +187,9 @@ main(int argc, char **argv)
         pid_t child;
 
         /* Beside the watchdog's. */
-        tu_check(start_threads == 1 && threads() == 1 + tu_helper_threads(),
+        tu_check(start_threads == 1 && proc_threads() == 1 + tu_helper_threads(),
                  "runtime-free: one thread, at start and after the calls (%d, %d)",
-                 start_threads, threads() - tu_helper_threads());
+                 start_threads, proc_threads() - tu_helper_threads());
         tu_check(default_handler(SIGPIPE) && default_handler(SIGSEGV) &&
                      default_handler(SIGBUS) && default_handler(SIGFPE) &&
                      default_handler(SIGURG) && default_handler(SIGCHLD) &&

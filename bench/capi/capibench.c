@@ -21,26 +21,9 @@
 
 #include <socketpair-broker/helper.h>
 
+#include "../../test/proc_threads.h"
+
 static int threads_at_start;
-
-static int
-count_threads(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    int n = -1;
-
-    if (!f) {
-        return -1;
-    }
-    while (fgets(line, sizeof line, f)) {
-        if (sscanf(line, "Threads: %d", &n) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return n;
-}
 
 /* The thread count as early as a constructor can take it.  Whether the Go
  * runtime's constructor ran first depends on link order, so main() counts
@@ -48,7 +31,7 @@ count_threads(void)
 __attribute__((constructor)) static void
 early(void)
 {
-    threads_at_start = count_threads();
+    threads_at_start = proc_threads();
 }
 
 static double
@@ -133,7 +116,7 @@ measure(const char *path, long calls, long pairs, const char *label)
 {
     struct sp_broker_msg msg;
     enum sp_broker_request want = SP_BROKER_SET_PAIR;
-    int before = count_threads(), after;
+    int before = proc_threads(), after;
     double t0, first_us, call_ns, pair_us;
     long i;
 
@@ -149,7 +132,7 @@ measure(const char *path, long calls, long pairs, const char *label)
         return 1;
     }
     first_us = now_us() - t0;
-    after = count_threads();
+    after = proc_threads();
 
     t0 = now_us();
     for (i = 0; i < calls; i++) {
@@ -197,7 +180,7 @@ main(int argc, char **argv)
     }
     path = argv[optind];
     printf("threads_at_constructor=%d threads_at_main=%d\n",
-           threads_at_start, count_threads());
+           threads_at_start, proc_threads());
     if (!child) {
         return measure(path, calls, pairs, "default");
     }
