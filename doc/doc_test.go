@@ -21,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/one-socket/one-socket/internal/testutil"
 )
 
 var (
@@ -31,26 +33,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	root, err := filepath.Abs("..")
-	if err == nil {
-		_, err = os.Stat(filepath.Join(root, "go.mod"))
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "doc: cannot find the repository root: %v\n", err)
-		return 1
-	}
-	repoRoot = root
-	workDir, err = os.MkdirTemp("", "one-socket-doc")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(workDir)
-	return m.Run()
+	os.Exit(testutil.RepoMain(m, "doc", "one-socket-doc", func(root, work string) { repoRoot, workDir = root, work }))
 }
 
 var (

@@ -36,27 +36,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	root, err := filepath.Abs("..")
-	if err == nil {
-		_, err = os.Stat(filepath.Join(root, "go.mod"))
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ctest: cannot find the repository root: %v\n", err)
-		return 1
-	}
-	repoRoot = root
 	// Short: socket paths under it must fit in sun_path's 108 bytes.
-	workDir, err = os.MkdirTemp("", "spbc")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(workDir)
-	return m.Run()
+	os.Exit(testutil.RepoMain(m, "ctest", "spbc", func(root, work string) { repoRoot, workDir = root, work }))
 }
 
 // tools names, for each command the suite runs, the Debian package that

@@ -1,7 +1,10 @@
 package testutil
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -78,4 +81,28 @@ func (p *Proc) WaitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// RepoMain is the TestMain of a package one directory below the
+// repository's root: it finds the root, makes a temporary directory named
+// after prefix (short, so that socket paths under it fit in sun_path),
+// hands both to setup, runs the tests and removes the directory. name
+// prefixes its errors. It returns the exit status for os.Exit.
+func RepoMain(m *testing.M, name, prefix string, setup func(root, work string)) int {
+	root, err := filepath.Abs("..")
+	if err == nil {
+		_, err = os.Stat(filepath.Join(root, "go.mod"))
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: cannot find the repository root: %v\n", name, err)
+		return 1
+	}
+	work, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	defer os.RemoveAll(work)
+	setup(root, work)
+	return m.Run()
 }
