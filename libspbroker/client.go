@@ -213,18 +213,11 @@ func GetPairConn(ctx context.Context, path string, key []byte, mode Mode) (*net.
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close() // FileConn holds a duplicate
-	c, err := net.FileConn(f)
+	c, err := scm.UnixConn(f)
 	if err != nil {
 		return nil, &net.OpError{Op: OpReceive, Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: err}
 	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, &net.OpError{Op: OpReceive, Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"},
-			Err: errors.New("the broker sent a descriptor that is not a Unix socket")}
-	}
-	return uc, nil
+	return c, nil
 }
 
 // DefaultSocketPath returns the broker socket a program should use when

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/one-socket/one-socket/internal/relay"
+	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -76,7 +77,7 @@ func (o *options) checkAdapter() error {
 // SIGTERM, which end the waits and the relay so that the deferred
 // clean-up (--listen's path) runs.
 func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *pathListener, sigs <-chan os.Signal) int {
-	brokered, err := fileConn(f)
+	brokered, err := scm.UnixConn(f)
 	if err != nil {
 		a.errorf("pair: %v", err)
 		return exitFailure
@@ -181,21 +182,6 @@ func (a *app) failed(prog *child) int {
 	}
 	prog.stop()
 	return exitFailure
-}
-
-// fileConn makes f, which it closes, a *net.UnixConn.
-func fileConn(f *os.File) (*net.UnixConn, error) {
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, errors.New("the broker's descriptor is not a Unix socket")
-	}
-	return uc, nil
 }
 
 // startListening starts argv with a listening socket as descriptor 3,

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/internal/testutil"
 	"github.com/one-socket/one-socket/libspbroker"
 )
@@ -164,7 +165,7 @@ func peerPair(t *testing.T, be *backend, key string, mode libspbroker.Mode) *net
 	defer cancel()
 	f, err := libspbroker.GetPair(ctx, be.socket, []byte(key), mode)
 	require.NoError(t, err)
-	c, err := fileConn(f)
+	c, err := scm.UnixConn(f)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c

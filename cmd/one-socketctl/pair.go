@@ -57,6 +57,15 @@ func (a *app) pair(o *options) int {
 		brokerKey = relay.HandoffKey(key)
 	}
 
+	// A relay with no command of ours catches them from before the wait to
+	// its end: one that comes as the pair does is kept for the relay's
+	// waits, and none can kill the tool before it cleans up.
+	var sigs chan os.Signal
+	if o.adapts() && o.exec == nil {
+		sigs = make(chan os.Signal, 1)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+	}
 	// SIGINT and SIGTERM end the wait; once paired they have their
 	// default effect again.
 	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -68,14 +77,6 @@ func (a *app) pair(o *options) int {
 	}
 	f, err := libspbroker.GetPair(ctx, path, brokerKey, o.mode)
 	interrupted := sigCtx.Err() != nil
-	// A relay with no command of ours keeps catching them, with no gap in
-	// which they would kill the tool before it cleans up.
-	var sigs chan os.Signal
-	if o.adapts() && o.exec == nil {
-		sigs = make(chan os.Signal, 1)
-		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-		defer signal.Stop(sigs)
-	}
 	stopSignals()
 	if err != nil {
 		a.errorf("%s", describePairError(err, path, key, o, interrupted))
@@ -99,7 +100,7 @@ func (a *app) pair(o *options) int {
 // takeHandoff runs a Takes end's handoff on the brokered socket f, which
 // it consumes, and returns the connection its program is to use.
 func (a *app) takeHandoff(f *os.File) (*os.File, error) {
-	brokered, err := fileConn(f)
+	brokered, err := scm.UnixConn(f)
 	if err != nil {
 		return nil, err
 	}

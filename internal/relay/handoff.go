@@ -212,16 +212,5 @@ func receiveConn(conn *net.UnixConn) (*net.UnixConn, error) {
 		unix.Close(fds[0])
 		return nil, errors.New("the other end sent a descriptor that is not a stream socket")
 	}
-	f := os.NewFile(uintptr(fds[0]), "handed-off connection")
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, errors.New("the other end sent a socket that is not a Unix socket")
-	}
-	return uc, nil
+	return scm.UnixConn(os.NewFile(uintptr(fds[0]), "handed-off connection"))
 }

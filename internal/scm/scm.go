@@ -5,6 +5,7 @@ package scm
 
 import (
 	"errors"
+	"net"
 	"os"
 	"syscall"
 
@@ -77,4 +78,24 @@ func Dup(c syscall.Conn) (int, error) {
 		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
 	}
 	return fd, nil
+}
+
+// ErrNotUnix reports a descriptor that was to be a Unix socket and is
+// something else.
+var ErrNotUnix = errors.New("the descriptor is not a Unix socket")
+
+// UnixConn makes the received descriptor in f a *net.UnixConn, which the
+// caller owns; it closes f either way (the connection holds a duplicate).
+func UnixConn(f *os.File) (*net.UnixConn, error) {
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, ErrNotUnix
+	}
+	return uc, nil
 }

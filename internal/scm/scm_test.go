@@ -81,3 +81,20 @@ func TestDup(t *testing.T) {
 	_, err = unix.Read(fds[1], buf)
 	require.NoError(t, err)
 }
+
+func TestUnixConn(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fds[1])
+	c, err := UnixConn(os.NewFile(uintptr(fds[0]), "a"))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("x"))
+	require.NoError(t, err)
+
+	p := make([]int, 2)
+	require.NoError(t, unix.Pipe2(p, unix.O_CLOEXEC))
+	defer unix.Close(p[1])
+	_, err = UnixConn(os.NewFile(uintptr(p[0]), "pipe"))
+	assert.Error(t, err)
+}

@@ -21,7 +21,7 @@ import time
 from typing import List, Optional
 
 from . import client
-from .client import Key, PathArg, _check_key, _check_mode, _complete, _recv, connect, send_get_pair
+from .client import Key, PathArg, _check_key, _check_mode, _complete, _read_padding, _recv, connect, send_get_pair
 from .errors import BrokerClosedError, IncompleteMessageError
 from .protocol import DOCUMENTED_MESSAGE_SIZE, MESSAGE_SIZE
 
@@ -75,14 +75,7 @@ async def receive_set_pair(sock: socket.socket) -> socket.socket:
             if not received:
                 rest_start = time.monotonic()
             received += data
-        if len(received) < MESSAGE_SIZE:
-            # The padding belongs to this message if it is there already.
-            try:
-                data, trunc = _recv(sock, MESSAGE_SIZE - len(received), socket.MSG_DONTWAIT, fds)
-                truncated |= trunc
-                received += data
-            except OSError:
-                pass
+        truncated |= _read_padding(sock, received, fds)
         return _complete(received, fds, truncated)
     finally:
         for fd in fds:

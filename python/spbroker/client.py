@@ -277,21 +277,27 @@ def _receive_set_pair(sock: socket.socket, deadline: Optional[float]) -> socket.
             if not data:
                 raise BrokerClosedError(len(received))
             received += data
-        if len(received) < MESSAGE_SIZE and _wait(sock, select.POLLIN, time.monotonic()):
-            # The padding belongs to this message if it is there already;
-            # failing to read it (nothing there, end of file, a reset) does
-            # not spoil a complete message.
-            try:
-                data, trunc = _recv(sock, MESSAGE_SIZE - len(received), socket.MSG_DONTWAIT, fds)
-                truncated |= trunc
-                received += data
-            except OSError:
-                pass
-
+        if _wait(sock, select.POLLIN, time.monotonic()):
+            truncated |= _read_padding(sock, received, fds)
         return _complete(received, fds, truncated)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _read_padding(sock: socket.socket, received: bytearray, fds: List[int]) -> bool:
+    """Read the 4 padding bytes after a documented-size message if they are
+    there already: they belong to it. Failing to (nothing there, end of
+    file, a reset) does not spoil a complete message. Returns whether
+    control data was truncated."""
+    if len(received) >= MESSAGE_SIZE:
+        return False
+    try:
+        data, trunc = _recv(sock, MESSAGE_SIZE - len(received), socket.MSG_DONTWAIT, fds)
+    except OSError:
+        return False
+    received += data
+    return trunc
 
 
 def _complete(received: bytearray, fds: List[int], truncated: bool) -> socket.socket:
