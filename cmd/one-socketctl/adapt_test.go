@@ -86,6 +86,15 @@ func testProgram(role string, args []string) int {
 			return 26
 		}
 		return 0
+	case "close-unread":
+		// Exit, without reading, once the peer's data is queued on
+		// descriptor 3: the peer's next read sees a reset.
+		pfd := []unix.PollFd{{Fd: 3, Events: unix.POLLIN}}
+		if n, err := unix.Poll(pfd, 10000); n != 1 || err != nil {
+			fmt.Fprintln(os.Stderr, "program: nothing came on descriptor 3")
+			return 27
+		}
+		return 0
 	case "never":
 		time.Sleep(time.Hour)
 		return 0

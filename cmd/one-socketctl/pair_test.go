@@ -220,10 +220,10 @@ func TestFDName(t *testing.T) {
 // naming the socket, not standard output (which io.Copy splices to).
 func TestPairReportsReset(t *testing.T) {
 	be := startBackend(t)
-	// a keeps sending and never reads: when it exits, what the peer sent
-	// is unread, and the peer's read sees a reset.
-	a := start(t, testEnv(), stdinPipe, "--socket", be.socket, "pair", "rst", "--",
-		"sh", "-c", "sleep 0.3; exit 0")
+	// a's program exits once b's data is there, unread: b's read of the
+	// socket then sees a reset.
+	a := start(t, testEnv(), stdinPipe, append([]string{"--socket", be.socket, "pair", "rst", "--"},
+		program(t, "close-unread")...)...)
 	be.waitWaiting(t, 1)
 	b := start(t, testEnv(), strings.NewReader(strings.Repeat("x", 1<<16)), "--socket", be.socket, "pair", "rst")
 	assert.Equal(t, 0, a.wait())
