@@ -3,14 +3,13 @@ package main
 import (
 	"errors"
 	"flag"
-	"io"
 	"net"
 	"os"
 	"runtime"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/one-socket/one-socket/internal/scm"
+	ys "github.com/one-socket/one-socket/internal/relay/yardstick"
 
 	"github.com/one-socket/one-socket/libspbroker"
 )
@@ -51,15 +50,15 @@ func yardstick(args []string) error {
 	done := make(chan error, 2)
 	switch *kind {
 	case "floor":
-		go func() { done <- floorPump(a, b) }()
-		go func() { done <- floorPump(b, a) }()
+		go func() { done <- ys.Floor(a, b, chunkSize) }()
+		go func() { done <- ys.Floor(b, a, chunkSize) }()
 	case "naive":
 		ca, cb := connOf(a), connOf(b)
 		if ca == nil || cb == nil {
 			return errors.New("not a Unix socket")
 		}
-		go func() { done <- naivePump(ca, cb) }()
-		go func() { done <- naivePump(cb, ca) }()
+		go func() { done <- ys.Naive(ca, cb, chunkSize) }()
+		go func() { done <- ys.Naive(cb, ca, chunkSize) }()
 	case "splice":
 		go func() { done <- splicePump(a, b) }()
 		go func() { done <- splicePump(b, a) }()
@@ -78,72 +77,6 @@ func connOf(fd int) *net.UnixConn {
 	}
 	uc, _ := c.(*net.UnixConn)
 	return uc
-}
-
-const maxFDs = scm.MaxFD
-
-// floorPump forwards each read from src as one send to dst, on a locked
-// thread in blocking system calls.
-func floorPump(src, dst int) error {
-	runtime.LockOSThread()
-	r := newReceiver(src)
-	r.oob = make([]byte, unix.CmsgSpace(maxFDs*4))
-	buf := make([]byte, chunkSize)
-	var fds []int
-	for {
-		n, got, err := r.recv(buf, fds[:0])
-		fds = got
-		if err != nil || n == 0 {
-			closeAll(fds)
-			unix.Shutdown(dst, unix.SHUT_WR)
-			return err
-		}
-		var oob []byte
-		if len(fds) > 0 {
-			oob = unix.UnixRights(fds...)
-		}
-		err = sendAll(dst, buf[:n], oob)
-		closeAll(fds)
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// naivePump forwards each read from src as one write to dst.
-func naivePump(src, dst *net.UnixConn) error {
-	buf, oob := make([]byte, chunkSize), make([]byte, unix.CmsgSpace(maxFDs*4))
-	for {
-		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
-		if err != nil || n == 0 {
-			dst.CloseWrite()
-			if errors.Is(err, io.EOF) {
-				err = nil
-			}
-			return err
-		}
-		var fds []int
-		if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
-			for i := range msgs {
-				if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
-					fds = append(fds, got...)
-				}
-			}
-		}
-		var rights []byte
-		if len(fds) > 0 {
-			rights = unix.UnixRights(fds...)
-		}
-		// A short send returns no error; Write finishes what it left.
-		w, _, err := dst.WriteMsgUnix(buf[:n], rights, nil)
-		if err == nil && w < n {
-			_, err = dst.Write(buf[w:n])
-		}
-		closeAll(fds)
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // splicePump moves src's bytes to dst through a pipe, on a locked thread

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -12,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/relay/yardstick"
 	"github.com/one-socket/one-socket/internal/scm"
 )
 
@@ -79,12 +79,12 @@ func benchEnds(b *testing.B, j joint) (x, y int) {
 		closeRelay = func() { ca.Close(); cb.Close() }
 	case naive:
 		ca, cb := benchConn(b, rx), benchConn(b, ry)
-		go func() { done <- naivePump(ca, cb) }()
-		go func() { done <- naivePump(cb, ca) }()
+		go func() { done <- yardstick.Naive(ca, cb, bufSize) }()
+		go func() { done <- yardstick.Naive(cb, ca, bufSize) }()
 		closeRelay = func() { ca.Close(); cb.Close() }
 	case floor:
-		go func() { done <- floorPump(rx, ry) }()
-		go func() { done <- floorPump(ry, rx) }()
+		go func() { done <- yardstick.Floor(rx, ry, bufSize) }()
+		go func() { done <- yardstick.Floor(ry, rx, bufSize) }()
 		closeRelay = func() { unix.Close(rx); unix.Close(ry) }
 	}
 	b.Cleanup(func() {
@@ -103,67 +103,6 @@ func benchEnds(b *testing.B, j joint) (x, y int) {
 		closeRelay()
 	})
 	return x, y
-}
-
-// naivePump forwards each read from src as one write to dst.
-func naivePump(src, dst *net.UnixConn) error {
-	buf, oob := make([]byte, bufSize), make([]byte, scm.OOBSize)
-	for {
-		n, oobn, _, _, err := src.ReadMsgUnix(buf, oob)
-		if err != nil || n == 0 {
-			dst.CloseWrite()
-			if errors.Is(err, io.EOF) {
-				err = nil
-			}
-			return err
-		}
-		fds, err := parseRights(oob[:oobn])
-		var rights []byte
-		if len(fds) > 0 {
-			rights = unix.UnixRights(fds...)
-		}
-		if err == nil {
-			// A short send returns no error; Write finishes what it left.
-			var w int
-			if w, _, err = dst.WriteMsgUnix(buf[:n], rights, nil); err == nil && w < n {
-				_, err = dst.Write(buf[w:n])
-			}
-		}
-		closeAll(fds)
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// floorPump forwards each read from src as one send to dst, on a locked
-// thread in blocking system calls.
-func floorPump(src, dst int) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	buf, oob := make([]byte, bufSize), make([]byte, scm.OOBSize)
-	for {
-		n, oobn, _, _, err := unix.Recvmsg(src, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil || n == 0 {
-			unix.Shutdown(dst, unix.SHUT_WR)
-			return err
-		}
-		fds, err := parseRights(oob[:oobn])
-		var rights []byte
-		if len(fds) > 0 {
-			rights = unix.UnixRights(fds...)
-		}
-		if err == nil {
-			err = sendBench(dst, buf[:n], rights)
-		}
-		closeAll(fds)
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // benchConn makes fd a *net.UnixConn, which then owns it.
