@@ -135,13 +135,13 @@ func TestHandoffRefusesAStranger(t *testing.T) {
 // and what came with it closed.
 func TestHandoffRefusesBadHandOver(t *testing.T) {
 	bx, by := connPair(t)
+	fds := memfds(t, 1, "not a socket") // here: require may not stop the test from a goroutine
 	go func() {
 		hello := make([]byte, helloSize)
 		copy(hello, helloMagic)
 		hello[4], hello[5] = helloVersion, byte(Holds)
 		by.Write(hello)
 		by.Read(make([]byte, helloSize))
-		fds := memfds(t, 1, "not a socket")
 		by.WriteMsgUnix([]byte{giveByte}, unix.UnixRights(fds...), nil)
 		closeAll(fds)
 	}()

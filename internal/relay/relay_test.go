@@ -391,15 +391,20 @@ func TestResetIsPeerGone(t *testing.T) {
 	r := newRig(t)
 	r.start()
 	sendRights(t, r.b, []byte("never read"), nil)
-	time.Sleep(50 * time.Millisecond) // let the relay hand it to a
+	// Wait until the relay has handed it to a, then close a unread.
+	pfd := []unix.PollFd{{Fd: int32(r.a), Events: unix.POLLIN}}
+	n, err := unix.Poll(pfd, int(waitFor/time.Millisecond))
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the data never reached a")
 	unix.Close(r.a)
 	r.a = -1
-	err := r.wait(t)
-	if err != nil {
-		assert.True(t, PeerGone(err), "%v", err)
-		var re *Error
-		assert.True(t, errors.As(err, &re))
-	}
+	err = r.wait(t)
+	require.Error(t, err)
+	assert.True(t, PeerGone(err), "%v", err)
+	var re *Error
+	require.True(t, errors.As(err, &re))
+	assert.Equal(t, "read", re.Op)
+	assert.Equal(t, "a", re.End)
 }
 
 // A sender may not pass more than SCM_MAX_FD descriptors in one message:
