@@ -148,7 +148,7 @@ func (l *loop) adopt(st *State) {
 		c.state = stReading
 		c.since = l.now - int64(h.Since)
 		c.polled = false
-		c.qprev, c.qnext = noFD, noFD
+		c.links = unlinked
 		c.uid = h.UID
 		c.consumed = uint16(min(max(h.Consumed, 0), libspbroker.MessageSize))
 		l.nconns++

@@ -6,9 +6,9 @@ import (
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
-// The waiting index maps a 64-bit hash of (key, mode) to the oldest waiter
-// with that hash; waiters with the same hash form a FIFO queue threaded
-// through conn.qprev/qnext (the head's qprev is the tail). A request is
+// The waiting index maps a 64-bit hash of (key, mode) to the FIFO queue of
+// the waiters with that hash, an fdList threaded through their queueLink,
+// oldest first. A request is
 // hashed once, whatever its length, and the map holds no pointers, so the
 // garbage collector never walks it however many clients wait.
 //
@@ -37,11 +37,11 @@ func slot(h uint64, mode libspbroker.Mode) uint64 {
 
 // findWaiter returns the oldest waiter in slot s whose key is key, or noFD.
 func (l *loop) findWaiter(s uint64, key []byte) int32 {
-	w, ok := l.index[s]
+	q, ok := l.index[s]
 	if !ok {
 		return noFD
 	}
-	for ; w != noFD; w = l.conns[w].qnext {
+	for w := q.head; w != noFD; w = q.next(l.conns, w) {
 		if l.conns[w].key == string(key) {
 			return w
 		}
@@ -51,37 +51,27 @@ func (l *loop) findWaiter(s uint64, key []byte) int32 {
 
 // enqueue appends fd, whose slot is set, to the tail of its queue.
 func (l *loop) enqueue(fd int32) {
-	c := &l.conns[fd]
-	c.qnext = noFD
-	head, ok := l.index[c.slot]
+	s := l.conns[fd].slot
+	q, ok := l.index[s]
 	if !ok {
-		l.index[c.slot] = fd
-		c.qprev = fd
-		return
+		q = newList(queueLink)
 	}
-	h := &l.conns[head]
-	l.conns[h.qprev].qnext = fd
-	c.qprev = h.qprev
-	h.qprev = fd
+	q.push(l.conns, fd)
+	if !ok {
+		l.index[s] = q // a push to a queue keeps its head
+	}
 }
 
 // unqueue removes fd from its queue.
 func (l *loop) unqueue(fd int32) {
-	c := &l.conns[fd]
-	head := l.index[c.slot]
+	s := l.conns[fd].slot
+	q := l.index[s]
+	wasHead := q.head == fd
+	q.remove(l.conns, fd)
 	switch {
-	case head == fd && c.qnext == noFD:
-		delete(l.index, c.slot)
-	case head == fd:
-		l.conns[c.qnext].qprev = c.qprev
-		l.index[c.slot] = c.qnext
-	default:
-		l.conns[c.qprev].qnext = c.qnext
-		if c.qnext != noFD {
-			l.conns[c.qnext].qprev = c.qprev
-		} else {
-			l.conns[head].qprev = c.qprev
-		}
+	case q.head == noFD:
+		delete(l.index, s)
+	case wasHead:
+		l.index[s] = q
 	}
-	c.qprev, c.qnext = noFD, noFD
 }

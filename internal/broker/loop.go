@@ -65,23 +65,19 @@ const (
 // conn is a client connection, stored at its descriptor's index in
 // loop.conns. Links are descriptor numbers.
 type conn struct {
-	key        string  // the key, while waiting
-	slot       uint64  // index slot, while waiting
-	since      int64   // ns since loop start: accepted, or parked
-	partial    *reqBuf // a request arriving in pieces, consumed so far
-	gen        uint32  // bumped per accept; tags epoll events
-	uid        uint32  // peer's uid, read only when a policy or quota needs it
-	wprev      int32   // max-wait list links, while waiting with MaxWait set
-	wnext      int32
-	prev, next int32 // deadline list links
-	qprev      int32 // same-key queue: previous, or the tail for the head
-	qnext      int32
-	got        uint16 // bytes in partial
-	consumed   uint16 // bytes of the stream the request took, if consumed
-	mode       libspbroker.Mode
-	state      connState
-	polled     bool // registered with epoll
-	list       listID
+	key      string         // the key, while waiting
+	slot     uint64         // index slot, while waiting
+	since    int64          // ns since loop start: accepted, or parked
+	partial  *reqBuf        // a request arriving in pieces, consumed so far
+	gen      uint32         // bumped per accept; tags epoll events
+	uid      uint32         // peer's uid, read only when a policy or quota needs it
+	links    [numLinks]link // on the lists of list.go
+	got      uint16         // bytes in partial
+	consumed uint16         // bytes of the stream the request took, if consumed
+	mode     libspbroker.Mode
+	state    connState
+	polled   bool   // registered with epoll
+	list     listID // which deadline list holds it
 }
 
 // reqBuf holds a request that arrives in pieces: the longest message and
@@ -90,9 +86,6 @@ type reqBuf [libspbroker.MessageSize + 1]byte
 
 // maxFreeBufs bounds the reqBufs kept for reuse.
 const maxFreeBufs = 64
-
-// fdList is a FIFO of connections threaded through conn.prev/next.
-type fdList struct{ head, tail int32 }
 
 type loop struct {
 	b        *Broker
@@ -108,7 +101,7 @@ type loop struct {
 	start  time.Time
 	now    int64
 	conns  []conn
-	index  map[uint64]int32 // slot of (key, mode) -> oldest waiter; see index.go
+	index  map[uint64]fdList // slot of (key, mode) -> its waiters; see index.go
 	nconns int
 
 	reading, pending fdList
@@ -134,13 +127,13 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 	l := &loop{
 		b: b, lfd: lfd, epfd: -1, wakeFD: -1, spareFD: -1,
 		start:   time.Now(),
-		index:   make(map[uint64]int32),
+		index:   make(map[uint64]fdList),
 		seed:    maphash.MakeSeed(),
 		events:  make([]unix.EpollEvent, 256),
 		pair:    [2]int{-1, -1},
-		reading: fdList{noFD, noFD},
-		pending: fdList{noFD, noFD},
-		waiting: fdList{noFD, noFD},
+		reading: newList(deadlineLink),
+		pending: newList(deadlineLink),
+		waiting: newList(maxWaitLink),
 		perUID:  make(map[uint32]int),
 	}
 	l.peek.init()
@@ -310,7 +303,7 @@ func (l *loop) accept() {
 	c.state = stReading
 	c.since = l.now
 	c.polled = false
-	c.qprev, c.qnext = noFD, noFD
+	c.links = unlinked
 	c.consumed = 0
 	l.nconns++
 	l.b.stats.conns.Add(1)
@@ -553,7 +546,7 @@ func (l *loop) putBuf(b *reqBuf) {
 func (l *loop) awaitMore(fd int32) {
 	c := &l.conns[fd]
 	if c.list != onReading {
-		l.push(&l.reading, onReading, fd)
+		l.listOn(fd, onReading)
 	}
 	if !c.polled {
 		l.poll(fd)
@@ -664,10 +657,10 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 		l.perUID[c.uid]++
 	}
 	if l.b.maxWait > 0 {
-		l.pushWaiting(fd)
+		l.waiting.push(l.conns, fd)
 	}
 	if !c.polled {
-		l.push(&l.pending, onPending, fd)
+		l.listOn(fd, onPending)
 	}
 	if l.debug {
 		l.b.log.Debug("client waiting", "fd", fd, "key", string(key), "mode", mode)
@@ -684,7 +677,7 @@ func (l *loop) dequeue(fd int32) {
 		}
 	}
 	if l.b.maxWait > 0 {
-		l.unlistWaiting(fd)
+		l.waiting.remove(l.conns, fd)
 	}
 	c.key = ""
 	c.state = stReading // no longer waiting; closed right after
@@ -759,71 +752,28 @@ func (l *loop) expire() {
 	}
 }
 
-// pushWaiting appends fd to the max-wait list, threaded through
-// wprev/wnext so that a waiter can be on it and on the pending list.
-func (l *loop) pushWaiting(fd int32) {
-	c := &l.conns[fd]
-	c.wnext = noFD
-	c.wprev = l.waiting.tail
-	if l.waiting.tail != noFD {
-		l.conns[l.waiting.tail].wnext = fd
-	} else {
-		l.waiting.head = fd
+// deadlines returns the deadline list that id names, or nil.
+func (l *loop) deadlines(id listID) *fdList {
+	switch id {
+	case onReading:
+		return &l.reading
+	case onPending:
+		return &l.pending
 	}
-	l.waiting.tail = fd
+	return nil
 }
 
-// unlistWaiting removes fd from the max-wait list.
-func (l *loop) unlistWaiting(fd int32) {
-	c := &l.conns[fd]
-	if c.wprev != noFD {
-		l.conns[c.wprev].wnext = c.wnext
-	} else {
-		l.waiting.head = c.wnext
-	}
-	if c.wnext != noFD {
-		l.conns[c.wnext].wprev = c.wprev
-	} else {
-		l.waiting.tail = c.wprev
-	}
-	c.wprev, c.wnext = noFD, noFD
-}
-
-// push appends fd to list lst.
-func (l *loop) push(lst *fdList, id listID, fd int32) {
-	c := &l.conns[fd]
-	c.list = id
-	c.next = noFD
-	c.prev = lst.tail
-	if lst.tail != noFD {
-		l.conns[lst.tail].next = fd
-	} else {
-		lst.head = fd
-	}
-	lst.tail = fd
+// listOn appends fd, which is on no deadline list, to the one id names.
+func (l *loop) listOn(fd int32, id listID) {
+	l.deadlines(id).push(l.conns, fd)
+	l.conns[fd].list = id
 }
 
 // unlist removes fd from whichever deadline list holds it.
 func (l *loop) unlist(fd int32) {
 	c := &l.conns[fd]
-	var lst *fdList
-	switch c.list {
-	case onReading:
-		lst = &l.reading
-	case onPending:
-		lst = &l.pending
-	default:
-		return
+	if lst := l.deadlines(c.list); lst != nil {
+		lst.remove(l.conns, fd)
+		c.list = onNoList
 	}
-	if c.prev != noFD {
-		l.conns[c.prev].next = c.next
-	} else {
-		lst.head = c.next
-	}
-	if c.next != noFD {
-		l.conns[c.next].prev = c.prev
-	} else {
-		lst.tail = c.prev
-	}
-	c.list = onNoList
 }
