@@ -1,19 +1,14 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
-)
 
-// listenFDsStart is the first descriptor a service manager passes
-// (SD_LISTEN_FDS_START in sd-daemon.h).
-const listenFDsStart = 3
+	"github.com/one-socket/one-socket/internal/systemd"
+)
 
 // Names of passed descriptors: the sockets, as set with
 // FileDescriptorName= in a socket unit or --fdname in
@@ -38,82 +33,41 @@ type activated struct {
 	state           *os.File // the stored description, or nil
 }
 
-// maxListenFDs bounds LISTEN_FDS: the sockets, and a file descriptor
-// store that may hold one descriptor per waiting client.
-const maxListenFDs = 1 << 24
-
-// takeActivated returns what socket activation passed, or nil when
-// nothing was passed to this process. It implements the sd_listen_fds
-// protocol: LISTEN_PID must be pid; LISTEN_FDS descriptors start at 3;
-// LISTEN_FDNAMES names them. The descriptor named "broker" is the broker
-// socket, "control" the control socket, "client" and "state" come from the
+// takeActivated returns what socket activation passed to process pid, or
+// nil when nothing was. The descriptor named "broker" is the broker
+// socket, "control" the control socket; "client" and "state" come from the
 // file descriptor store; a single descriptor with another name (or none)
-// is the broker socket. It unsets the LISTEN_* variables so that no child
-// inherits them, marks the descriptors close-on-exec, and on error closes
-// every one of them.
+// is the broker socket. On error every passed descriptor is closed.
 func takeActivated(pid int) (*activated, error) {
-	pidStr, nStr := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
-	namesStr, haveNames := os.LookupEnv("LISTEN_FDNAMES")
-	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
-		os.Unsetenv(v)
+	ds, err := systemd.ListenFDs(pid)
+	if err != nil || len(ds) == 0 {
+		return nil, err
 	}
-	if pidStr == "" || nStr == "" {
-		return nil, nil
-	}
-	if p, err := strconv.Atoi(pidStr); err != nil || p != pid {
-		// Meant for another process (our parent, say): not ours to touch.
-		return nil, nil
-	}
-	n, err := strconv.Atoi(nStr)
-	if err != nil || n < 0 || n > maxListenFDs {
-		return nil, fmt.Errorf("socket activation: LISTEN_FDS=%q is not a descriptor count", nStr)
-	}
-	if n == 0 {
-		return nil, nil
-	}
-	fail := func(err error) (*activated, error) {
-		for i := range n {
-			unix.Close(listenFDsStart + i)
-		}
-		return nil, fmt.Errorf("socket activation: %w", err)
-	}
-
-	names := make([]string, n)
-	if haveNames {
-		names = strings.Split(namesStr, ":")
-		if len(names) != n {
-			return fail(fmt.Errorf("LISTEN_FDNAMES names %d sockets but LISTEN_FDS is %d", len(names), n))
-		}
+	names := make([]string, len(ds))
+	for i, d := range ds {
+		names[i] = d.Name
 	}
 	roles, err := activationRoles(names)
 	if err != nil {
-		return fail(err)
-	}
-
-	// Close-on-exec first, so that nothing this process starts inherits
-	// the service manager's descriptors.
-	for i := range n {
-		if _, err := unix.FcntlInt(uintptr(listenFDsStart+i), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
-			return fail(os.NewSyscallError("fcntl", err))
-		}
+		systemd.CloseAll(ds)
+		return nil, fmt.Errorf("socket activation: %w", err)
 	}
 	act := &activated{}
 	for i, role := range roles {
-		fd := listenFDsStart + i
+		d := ds[i]
 		switch role {
 		case fdNameClient:
-			act.clients = append(act.clients, fd)
+			act.clients = append(act.clients, d.FD)
 			continue
 		case fdNameState:
-			act.state = os.NewFile(uintptr(fd), fdNameState)
+			act.state = os.NewFile(uintptr(d.FD), fdNameState)
 			continue
 		}
-		ln, err := activatedListener(fd, role)
+		d.Name = role
+		ln, err := systemd.UnixListener(d)
 		if err != nil {
 			act.close()
-			for j := i + 1; j < n; j++ {
-				unix.Close(listenFDsStart + j)
-			}
+			systemd.CloseAll(ds[i+1:])
 			return nil, fmt.Errorf("socket activation: %w", err)
 		}
 		if role == fdNameBroker {
@@ -160,40 +114,6 @@ func activationRoles(names []string) ([]string, error) {
 		return nil, fmt.Errorf("socket %d is named %q; want %q or %q (FileDescriptorName=)", i, names[i], fdNameBroker, fdNameControl)
 	}
 	return roles, nil
-}
-
-// activatedListener checks that fd is a listening Unix stream socket and
-// returns it as a listener. The descriptor fd itself is always closed: the
-// listener holds a duplicate.
-func activatedListener(fd int, role string) (*net.UnixListener, error) {
-	f := os.NewFile(uintptr(fd), role)
-	defer f.Close()
-	if sa, err := unix.Getsockname(fd); err != nil {
-		return nil, fmt.Errorf("%s socket (descriptor %d): %w", role, fd, os.NewSyscallError("getsockname", err))
-	} else if _, ok := sa.(*unix.SockaddrUnix); !ok {
-		return nil, fmt.Errorf("%s socket (descriptor %d) is not a Unix socket; one-socket needs ListenStream=/path", role, fd)
-	}
-	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
-		return nil, fmt.Errorf("%s socket (descriptor %d): %w", role, fd, os.NewSyscallError("getsockopt", err))
-	} else if typ != unix.SOCK_STREAM {
-		return nil, fmt.Errorf("%s socket (descriptor %d) is not a stream socket; one-socket needs ListenStream=", role, fd)
-	}
-	// Accept=yes would pass a connection rather than the listener.
-	if on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil {
-		return nil, fmt.Errorf("%s socket (descriptor %d): %w", role, fd, os.NewSyscallError("getsockopt", err))
-	} else if on == 0 {
-		return nil, fmt.Errorf("%s socket (descriptor %d) is not listening; one-socket needs Accept=no", role, fd)
-	}
-	ln, err := net.FileListener(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s socket (descriptor %d): %w", role, fd, err)
-	}
-	uln, ok := ln.(*net.UnixListener)
-	if !ok {
-		ln.Close()
-		return nil, errors.New(role + " socket is not a Unix listener")
-	}
-	return uln, nil
 }
 
 // listenerPath returns the address a listener is bound to: a file path,

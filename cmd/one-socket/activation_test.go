@@ -168,27 +168,6 @@ func TestTakeActivatedUnsets(t *testing.T) {
 	}
 }
 
-// TestNewNotifierUnsets checks the same for NOTIFY_SOCKET, and which
-// addresses are accepted.
-func TestNewNotifierUnsets(t *testing.T) {
-	for addr, ok := range map[string]bool{"/run/systemd/notify": true, "@notify": true, "vsock:2:1234": false} {
-		t.Setenv("NOTIFY_SOCKET", addr)
-		n, err := newNotifier()
-		if ok {
-			require.NoError(t, err, addr)
-			assert.Equal(t, addr, n.addr.Name)
-		} else {
-			assert.Error(t, err, addr)
-		}
-		_, set := os.LookupEnv("NOTIFY_SOCKET")
-		assert.False(t, set, "NOTIFY_SOCKET is still set")
-	}
-	n, err := newNotifier()
-	require.NoError(t, err)
-	assert.Nil(t, n, "no NOTIFY_SOCKET, no notifier")
-	assert.NoError(t, n.send("READY=1"), "a nil notifier sends nothing")
-}
-
 // TestActivationRoles checks how passed descriptors are told apart by
 // name, with the file descriptor store's clients and state among them.
 func TestActivationRoles(t *testing.T) {

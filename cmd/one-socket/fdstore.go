@@ -94,7 +94,7 @@ func (d *instance) stopIntoStore() {
 		if fd < 0 || *sf == nil {
 			return
 		}
-		if err := d.notify.sendFDs("FDSTORE=1\nFDNAME="+name, []int{fd}); err != nil {
+		if err := d.notify.Store(name, []int{fd}); err != nil {
 			log.Warn("cannot store the listening socket", "fdname", name, "err", err)
 			return
 		}
@@ -129,7 +129,7 @@ func (d *instance) stopIntoStore() {
 	}
 	// Exit only once systemd holds them: its copies keep the connections
 	// open when this process's copies close.
-	if err := d.notify.barrier(barrierTimeout); err != nil {
+	if err := d.notify.Barrier(barrierTimeout); err != nil {
 		log.Warn("cannot confirm the store", "err", err)
 	}
 	log.Info("clients stored with the service manager", "clients", counts.Clients, "listeners", counts.Listeners)
@@ -144,16 +144,16 @@ func (d *instance) storeClients(desc *storedState, fds []int) (int, error) {
 	}
 	defer unix.Close(mfd)
 	// Replace any description an earlier stop left, then add this one.
-	if err := d.notify.send("FDSTOREREMOVE=1\nFDNAME=" + fdNameState); err != nil {
+	if err := d.notify.StoreRemove(fdNameState); err != nil {
 		return 0, err
 	}
-	if err := d.notify.sendFDs("FDSTORE=1\nFDNAME="+fdNameState, []int{mfd}); err != nil {
+	if err := d.notify.Store(fdNameState, []int{mfd}); err != nil {
 		return 0, err
 	}
 	sent := 0
 	for sent < len(fds) {
 		batch := fds[sent:min(sent+scm.MaxFD, len(fds))]
-		if err := d.notify.sendFDs("FDSTORE=1\nFDNAME="+fdNameClient, batch); err != nil {
+		if err := d.notify.Store(fdNameClient, batch); err != nil {
 			return sent, err
 		}
 		sent += len(batch)
@@ -279,8 +279,8 @@ func readStoredState(f *os.File) (*storedState, error) {
 // otherwise keep every one of those connections open.
 func (d *instance) forgetStored() {
 	for _, name := range []string{fdNameClient, fdNameState} {
-		if err := d.notify.send("FDSTOREREMOVE=1\nFDNAME=" + name); err != nil {
-			d.log.Warn("cannot notify the service manager", "err", err)
+		if err := d.notify.StoreRemove(name); err != nil {
+			d.notifyFailed(err)
 		}
 	}
 }

@@ -3,12 +3,13 @@
 // same key and compatible modes the two ends of a fresh socketpair.
 //
 // This package is the daemon's shell: flags and environment (flags.go),
-// socket files (listen.go), sockets from systemd (activation.go), readiness
-// and status for systemd (notify.go), --detach (detach.go), --pidfile
-// (pidfile.go), --log-file (logfile.go), the control socket (control.go),
-// process limits (runtime.go), the upgrade by re-exec in place
-// (upgrade.go), and the start-up, signals and shutdown that
-// tie them together (here). The pairing itself is internal/broker's.
+// socket files (listen.go), which passed socket is which (activation.go),
+// --detach (detach.go), --pidfile (pidfile.go), --log-file (logfile.go),
+// the control socket (control.go), process limits (runtime.go), the
+// upgrade by re-exec in place (upgrade.go), the file descriptor store
+// (fdstore.go), and the start-up, signals and shutdown that tie them
+// together (here). The pairing is internal/broker's, the service
+// manager's protocols internal/systemd's.
 //
 // See doc/one-socket.md and one-socket(8) for the operation guide.
 package main
@@ -29,6 +30,7 @@ import (
 	"github.com/one-socket/one-socket/internal/control"
 	"github.com/one-socket/one-socket/internal/paths"
 	"github.com/one-socket/one-socket/internal/scm"
+	"github.com/one-socket/one-socket/internal/systemd"
 )
 
 func main() {
@@ -70,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	act, actErr := takeActivated(os.Getpid())
-	notify, notifyErr := newNotifier()
+	notify, notifyErr := systemd.NewNotifier()
 
 	if cfg.detach && report == nil && ho == nil {
 		if act != nil || actErr != nil {
@@ -96,9 +98,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 // done.
 type instance struct {
 	cfg    *config
-	act    *activated   // sockets from the service manager, or nil
-	notify *notifier    // the service manager's notify socket, or nil
-	report *startReport // the pipe to a --detach parent, or nil
+	act    *activated        // sockets from the service manager, or nil
+	notify *systemd.Notifier // the service manager's notify socket, or nil
+	report *startReport      // the pipe to a --detach parent, or nil
 	level  *slog.LevelVar
 	policy policyState // --policy and the summary of the policy in force
 	log    *slog.Logger
@@ -276,7 +278,7 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 
 	d.logStarted(nofile)
 	d.report.ok()
-	d.notify.ready(d.b.Stats, func(err error) { log.Warn("cannot notify the service manager", "err", err) })
+	d.ready()
 	if r := d.restored; r != nil {
 		d.forgetStored()
 		log.Info("clients taken back from the service manager", "clients", r.taken,
@@ -367,7 +369,7 @@ func (d *instance) serve(sigs, hups, usr2 chan os.Signal) int {
 	// A second SIGINT or SIGTERM now takes its default action, so an
 	// operator can still kill a broker whose stop hangs.
 	signal.Stop(sigs)
-	d.notify.stopping(func(err error) { log.Warn("cannot notify the service manager", "err", err) })
+	d.notify.Stopping(d.notifyFailed)
 	if d.fdstore {
 		d.stopIntoStore()
 	} else {
@@ -432,7 +434,7 @@ func (d *instance) fail(log *slog.Logger, err error, args ...any) int {
 	}
 	d.removePidFile()
 	d.report.fail(fmt.Errorf("cannot start: %w", err))
-	if serr := d.notify.send("STATUS=cannot start: " + err.Error()); serr != nil {
+	if serr := d.notify.Notify("STATUS=cannot start: " + err.Error()); serr != nil {
 		log.Warn("cannot notify the service manager", "err", serr)
 	}
 	return 1
@@ -514,4 +516,22 @@ func (d *instance) removePidFile() {
 		d.log.Warn("cannot remove the pid file", "pidfile", d.pidf.path, "err", err)
 	}
 	d.pidf = nil
+}
+
+// statusInterval is how often the daemon refreshes the STATUS= line that
+// `systemctl status` shows, when the counters changed.
+const statusInterval = 2 * time.Second
+
+// ready tells the service manager that the daemon serves, and keeps the
+// status line it shows up to date.
+func (d *instance) ready() {
+	d.notify.Ready(func() string {
+		s := d.b.Stats()
+		return fmt.Sprintf("waiting %d, paired %d, conns %d", s.Waiting, s.Paired, s.Conns)
+	}, statusInterval, d.notifyFailed)
+}
+
+// notifyFailed logs a message the service manager did not get.
+func (d *instance) notifyFailed(err error) {
+	d.log.Warn("cannot notify the service manager", "err", err)
 }

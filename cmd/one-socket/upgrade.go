@@ -217,8 +217,8 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 		}
 	}
 	log.Info("upgrading", "trigger", trigger, "exe", d.exe)
-	if err := d.notify.send("RELOADING=1"); err != nil {
-		log.Warn("cannot notify the service manager", "err", err)
+	if err := d.notify.Reloading(); err != nil {
+		d.notifyFailed(err)
 	}
 	st, ctlFD, err := d.handOver()
 	if err != nil {
@@ -227,7 +227,7 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 	}
 	err = d.exec(st, ctlFD)
 	// Still here: serve the State again in this process.
-	d.notify.send("READY=1")
+	d.ready()
 	if rerr := d.resume(st, ctlFD); rerr != nil {
 		log.Error("cannot resume after the failed upgrade", "err", rerr)
 		return errors.Join(err, rerr)
@@ -312,10 +312,8 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 		return err
 	}
 	env := []string{envHandover + "=" + strconv.Itoa(mfd)}
-	if d.notify != nil {
-		// Unset at start; the new program needs it for READY=1.
-		env = append(env, "NOTIFY_SOCKET="+d.notify.addr.Name)
-	}
+	// Unset at start; the new program needs it for READY=1.
+	env = append(env, d.notify.Env()...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, envHandover+"=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
 			env = append(env, kv)
@@ -420,6 +418,6 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	d.startControl()
 	d.log.Info("upgraded", "clients", len(h.Conns), "pid", os.Getpid(), "version", versionString(),
 		"socket", d.brokerPath, "nofile", nofile)
-	d.notify.ready(d.b.Stats, func(err error) { d.log.Warn("cannot notify the service manager", "err", err) })
+	d.ready()
 	return d.serve(sigs, hups, usr2)
 }

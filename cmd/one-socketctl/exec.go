@@ -7,11 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/systemd"
 )
 
 // Running a command with the pair as descriptor 3, as systemd's socket
@@ -35,8 +35,8 @@ import (
 // shim.
 const shimCommand = "__exec-with-pid"
 
-// listenFD is where the command finds the socket (SD_LISTEN_FDS_START).
-const listenFD = 3
+// listenFD is where the command finds the socket.
+const listenFD = systemd.ListenFDsStart
 
 // Exit statuses of the command-running path, as shells use them.
 const (
@@ -81,7 +81,7 @@ func (a *app) startCommand(f *os.File, key []byte, path string, argv []string) (
 	c.cmd = &exec.Cmd{
 		Path:   path,
 		Args:   argv,
-		Env:    withoutListenVars(os.Environ()),
+		Env:    systemd.ListenEnv(os.Environ()),
 		Stdin:  a.stdin,
 		Stdout: a.stdout,
 		Stderr: a.stderr,
@@ -89,7 +89,7 @@ func (a *app) startCommand(f *os.File, key []byte, path string, argv []string) (
 	if f != nil {
 		c.cmd.Path = selfExe
 		c.cmd.Args = append([]string{"one-socketctl", shimCommand, path}, argv...)
-		c.cmd.Env = listenEnv(os.Environ(), fdName(key))
+		c.cmd.Env = systemd.ListenEnv(os.Environ(), fdName(key))
 		c.cmd.ExtraFiles = []*os.File{f} // descriptor 3 in the child
 	}
 	// Caught rather than ignored, so that the command starts with the
@@ -148,36 +148,12 @@ func (c *child) stop() int {
 	return c.wait()
 }
 
-// listenEnv returns env with the LISTEN_ variables of one descriptor named
-// name, less any LISTEN_ variables it had; the shim adds LISTEN_PID.
-func listenEnv(env []string, name string) []string {
-	out := withoutListenVars(env)
-	return append(out, "LISTEN_FDS=1", "LISTEN_FDNAMES="+name)
-}
-
-func withoutListenVars(env []string) []string {
-	var out []string
-	for _, kv := range env {
-		switch k, _, _ := strings.Cut(kv, "="); k {
-		case "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES":
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
-
 // fdName returns the LISTEN_FDNAMES entry for key: the key itself if
 // systemd would accept it as a name (at most 255 printable ASCII
 // characters, no ':'), else "spbroker".
 func fdName(key []byte) string {
-	if len(key) == 0 || len(key) > 255 {
+	if !systemd.ValidFDName(string(key)) {
 		return "spbroker"
-	}
-	for _, c := range key {
-		if c < ' ' || c > '~' || c == ':' {
-			return "spbroker"
-		}
 	}
 	return string(key)
 }
@@ -195,13 +171,7 @@ func execWithPID(args []string, stderr io.Writer) int {
 		return exitCannotRun
 	}
 	// The parent set LISTEN_FDS and LISTEN_FDNAMES; only the pid is new.
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LISTEN_PID=") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	env := systemd.WithListenPID(os.Environ(), os.Getpid())
 	err := syscall.Exec(path, argv, env)
 	fmt.Fprintf(stderr, "one-socketctl: %s: %v\n", argv[0], err)
 	if errors.Is(err, syscall.ENOENT) {
