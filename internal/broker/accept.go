@@ -1,0 +1,82 @@
+package broker
+
+import (
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// listenPause is how long the listener is ignored when even the spare
+// descriptor cannot make room to refuse a connection.
+const listenPause = 100 * time.Millisecond
+
+// limitLogEvery rate-limits the warning about refused connections.
+const limitLogEvery = 10 * time.Second
+
+// accept takes one connection from the listener.
+func (l *loop) accept() {
+	fd, e := accept4(l.lfd)
+	switch e {
+	case 0:
+	case unix.EAGAIN, unix.ECONNABORTED, unix.EINTR:
+		return
+	case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+		l.refuseNoRoom(e)
+		return
+	default:
+		l.b.log.Warn("accept failed", "err", os.NewSyscallError("accept4", e))
+		return
+	}
+	l.b.stats.accepted.Add(1)
+	if l.nconns >= l.b.maxConns {
+		unix.Close(fd)
+		l.refused("connection limit reached", "limit", l.b.maxConns)
+		return
+	}
+	c := l.connAt(fd)
+	c.gen++
+	c.state = stReading
+	c.since = l.now
+	c.polled = false
+	c.links = unlinked
+	c.consumed = 0
+	l.nconns++
+	l.b.stats.conns.Add(1)
+	l.readRequest(int32(fd), false, false)
+}
+
+// refuseNoRoom handles an accept that failed for lack of descriptors or
+// memory: it frees the spare descriptor to accept and close one connection,
+// and if even that fails, ignores the listener for listenPause instead of
+// spinning on it.
+func (l *loop) refuseNoRoom(e unix.Errno) {
+	if l.spareFD >= 0 {
+		unix.Close(l.spareFD)
+		fd, e2 := accept4(l.lfd)
+		if e2 == 0 {
+			unix.Close(fd)
+			l.b.stats.accepted.Add(1)
+		}
+		l.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if e2 == 0 {
+			l.refused("out of descriptors", "err", os.NewSyscallError("accept4", e))
+			return
+		}
+	}
+	if l.ctl(unix.EPOLL_CTL_MOD, l.lfd, 0, 0) == nil {
+		l.pausedAt = max(l.now, 1)
+	}
+	l.b.log.Warn("cannot accept; pausing the listener", "err", os.NewSyscallError("accept4", e), "pause", listenPause)
+}
+
+// refused counts a refused connection and warns at most every limitLogEvery.
+func (l *loop) refused(why string, args ...any) {
+	l.b.stats.refused.Add(1)
+	l.refusals++
+	if l.lastLog == 0 || l.now-l.lastLog >= int64(limitLogEvery) {
+		l.b.log.Warn("refusing connections: "+why, append(args, "refused_since_last_warning", l.refusals)...)
+		l.lastLog = max(l.now, 1)
+		l.refusals = 0
+	}
+}

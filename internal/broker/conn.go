@@ -1,0 +1,74 @@
+package broker
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// noFD is no descriptor: the end of a list, or no waiter.
+const noFD int32 = -1
+
+type connState uint8
+
+const (
+	stFree    connState = iota
+	stReading           // accepted; GET_PAIR not complete yet
+	stWaiting           // GET_PAIR valid; in the index
+)
+
+// conn is a client connection, stored at its descriptor's index in
+// loop.conns. Links are descriptor numbers.
+type conn struct {
+	key      string         // the key, while waiting
+	slot     uint64         // index slot, while waiting
+	since    int64          // ns since loop start: accepted, or parked
+	partial  *reqBuf        // a request arriving in pieces, consumed so far
+	gen      uint32         // bumped per accept; tags epoll events
+	uid      uint32         // peer's uid, read only when a policy or quota needs it
+	links    [numLinks]link // on the lists of list.go
+	got      uint16         // bytes in partial
+	consumed uint16         // bytes of the stream the request took, if consumed
+	mode     libspbroker.Mode
+	state    connState
+	polled   bool   // registered with epoll
+	list     listID // which deadline list holds it
+}
+
+// connAt returns the conn slot for fd, growing the table as needed.
+func (l *loop) connAt(fd int) *conn {
+	if fd >= len(l.conns) {
+		n := max(2*len(l.conns), fd+1, 64)
+		grown := make([]conn, n)
+		copy(grown, l.conns)
+		l.conns = grown
+	}
+	return &l.conns[fd]
+}
+
+// drop closes a client connection, whatever its state.
+func (l *loop) drop(fd int32) {
+	c := &l.conns[fd]
+	if c.state == stWaiting {
+		l.dequeue(fd)
+	}
+	l.unlist(fd)
+	if c.partial != nil {
+		l.putBuf(c.partial)
+		c.partial, c.got = nil, 0
+	}
+	// Closing also removes fd from epoll: the engine never duplicates it.
+	unix.Close(int(fd))
+	c.state = stFree
+	l.nconns--
+	l.b.stats.conns.Add(-1)
+}
+
+// protocolError counts a violation by fd's client and disconnects it.
+func (l *loop) protocolError(fd int32, kind ProtocolErrorKind, err error) {
+	l.b.stats.protocol[kind].Add(1)
+	if l.debug {
+		l.b.log.Debug("protocol error; disconnecting client", "fd", fd, "kind", kind, "err", err)
+	}
+	l.drop(fd)
+}
