@@ -14,7 +14,8 @@ const listenPause = 100 * time.Millisecond
 // limitLogEvery rate-limits the warning about refused connections.
 const limitLogEvery = 10 * time.Second
 
-// accept takes one connection from the listener.
+// accept takes one connection from the listener. The loop owns the new
+// descriptor until drop closes it or a hand-over passes it on.
 func (l *loop) accept() {
 	fd, e := accept4(l.lfd)
 	switch e {
@@ -34,15 +35,7 @@ func (l *loop) accept() {
 		l.refused("connection limit reached", "limit", l.b.maxConns)
 		return
 	}
-	c := l.connAt(fd)
-	c.gen++
-	c.state = stReading
-	c.since = l.now
-	c.polled = false
-	c.links = unlinked
-	c.consumed = 0
-	l.nconns++
-	l.b.stats.conns.Add(1)
+	l.track(fd, l.now)
 	l.readRequest(int32(fd), false, false)
 }
 
@@ -58,7 +51,7 @@ func (l *loop) refuseNoRoom(e unix.Errno) {
 			unix.Close(fd)
 			l.b.stats.accepted.Add(1)
 		}
-		l.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		l.spareFD = openSpare()
 		if e2 == 0 {
 			l.refused("out of descriptors", "err", os.NewSyscallError("accept4", e))
 			return
@@ -68,6 +61,23 @@ func (l *loop) refuseNoRoom(e unix.Errno) {
 		l.pausedAt = max(l.now, 1)
 	}
 	l.b.log.Warn("cannot accept; pausing the listener", "err", os.NewSyscallError("accept4", e), "pause", listenPause)
+}
+
+// resumeListener listens again once listenPause has passed since
+// refuseNoRoom paused the listener.
+func (l *loop) resumeListener() {
+	if l.pausedAt != 0 && l.now-l.pausedAt >= int64(listenPause) {
+		if l.ctl(unix.EPOLL_CTL_MOD, l.lfd, unix.EPOLLIN, 0) == nil {
+			l.pausedAt = 0
+		}
+	}
+}
+
+// openSpare opens the descriptor that refuseNoRoom closes to make room, or
+// returns -1: the loop owns it and runs without one if it cannot open it.
+func openSpare() int {
+	fd, _ := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return fd
 }
 
 // refused counts a refused connection and warns at most every limitLogEvery.

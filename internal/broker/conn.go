@@ -46,22 +46,40 @@ func (l *loop) connAt(fd int) *conn {
 	return &l.conns[fd]
 }
 
-// drop closes a client connection, whatever its state.
+// track makes fd, just accepted or adopted, a client still sending its
+// request and counts it. The loop owns fd from then on.
+func (l *loop) track(fd int, since int64) *conn {
+	c := l.connAt(fd)
+	c.gen++
+	c.state = stReading
+	c.since = since
+	c.polled = false
+	c.links = unlinked
+	c.consumed = 0
+	l.nconns++
+	l.b.stats.conns.Add(1)
+	return c
+}
+
+// forget stops tracking c and uncounts it, leaving its descriptor to
+// whoever closes or keeps it.
+func (l *loop) forget(c *conn) {
+	c.state = stFree
+	l.nconns--
+	l.b.stats.conns.Add(-1)
+}
+
+// drop closes client connection fd, whatever its state.
 func (l *loop) drop(fd int32) {
 	c := &l.conns[fd]
 	if c.state == stWaiting {
 		l.dequeue(fd)
 	}
 	l.unlist(fd)
-	if c.partial != nil {
-		l.putBuf(c.partial)
-		c.partial, c.got = nil, 0
-	}
+	l.dropPartial(c)
 	// Closing also removes fd from epoll: the engine never duplicates it.
 	unix.Close(int(fd))
-	c.state = stFree
-	l.nconns--
-	l.b.stats.conns.Add(-1)
+	l.forget(c)
 }
 
 // protocolError counts a violation by fd's client and disconnects it.

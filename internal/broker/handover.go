@@ -93,17 +93,14 @@ func (l *loop) handOver() *State {
 			l.dequeue(int32(fd))
 		} else if c.partial != nil {
 			h.Partial = append([]byte(nil), c.partial[:c.got]...)
-			l.putBuf(c.partial)
-			c.partial, c.got = nil, 0
+			l.dropPartial(c)
 		}
 		l.unlist(int32(fd))
 		// Out of this loop's epoll set: the descriptor lives on.
 		if c.polled {
 			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		}
-		c.state = stFree
-		l.nconns--
-		l.b.stats.conns.Add(-1)
+		l.forget(c)
 		st.Conns = append(st.Conns, h)
 	}
 	l.lfd = -1 // not closed with the loop
@@ -143,16 +140,9 @@ func (l *loop) adopt(st *State) {
 		fd := int32(h.FD)
 		unix.CloseOnExec(h.FD)
 		unix.SetNonblock(h.FD, true)
-		c := l.connAt(h.FD)
-		c.gen++
-		c.state = stReading
-		c.since = l.now - int64(h.Since)
-		c.polled = false
-		c.links = unlinked
+		c := l.track(h.FD, l.now-int64(h.Since))
 		c.uid = h.UID
 		c.consumed = uint16(min(max(h.Consumed, 0), libspbroker.MessageSize))
-		l.nconns++
-		l.b.stats.conns.Add(1)
 		if h.Waiting {
 			if err := libspbroker.CheckKey(h.Key); err != nil || libspbroker.CheckMode(h.Mode) != nil {
 				l.drop(fd)

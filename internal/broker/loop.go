@@ -91,6 +91,8 @@ type loop struct {
 	freeBufs []*reqBuf
 }
 
+// newLoop makes the loop's epoll instance, eventfd and spare descriptor,
+// all its own, and registers listener lfd and the eventfd with epoll.
 func newLoop(b *Broker, lfd int) (*loop, error) {
 	l := &loop{
 		b: b, lfd: lfd, epfd: -1, wakeFD: -1, spareFD: -1,
@@ -114,7 +116,7 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 		l.close()
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	l.spareFD = openSpare()
 	// The listener is level-triggered: one accept per event, and the next
 	// epoll_wait reports it again while connections are queued.
 	if err := l.ctl(unix.EPOLL_CTL_ADD, lfd, unix.EPOLLIN, 0); err != nil {
@@ -128,6 +130,8 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 	return l, nil
 }
 
+// ctl applies epoll_ctl op to fd, tagging its events with gen so that an
+// event for a closed and reused descriptor is recognised as stale.
 func (l *loop) ctl(op, fd int, events uint32, gen uint32) error {
 	l.ev.Events = events
 	l.ev.Fd = int32(fd)
@@ -155,6 +159,7 @@ func (l *loop) close() {
 	l.lfd, l.epfd, l.wakeFD, l.spareFD = -1, -1, -1, -1
 }
 
+// clock returns the ns since the loop started.
 func (l *loop) clock() int64 { return int64(time.Since(l.start)) }
 
 // run serves until Shutdown (nil) or a failure of epoll itself.
@@ -201,6 +206,7 @@ func (l *loop) drainCalls() {
 	}
 }
 
+// wake empties the eventfd and runs the calls other goroutines posted.
 func (l *loop) wake() {
 	var buf [8]byte
 	unix.Read(l.wakeFD, buf[:])
@@ -309,11 +315,7 @@ func (l *loop) expire() {
 		l.unlist(fd)
 		l.poll(fd)
 	}
-	if l.pausedAt != 0 && l.now-l.pausedAt >= int64(listenPause) {
-		if l.ctl(unix.EPOLL_CTL_MOD, l.lfd, unix.EPOLLIN, 0) == nil {
-			l.pausedAt = 0
-		}
-	}
+	l.resumeListener()
 }
 
 // deadlines returns the deadline list that id names, or nil.

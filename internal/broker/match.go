@@ -10,7 +10,9 @@ import (
 
 // match pairs fd with the oldest compatible waiter, or parks it. With
 // checkHup it first makes sure fd's client is still there, at the cost of a
-// system call paid only when a waiter exists.
+// system call paid only when a waiter exists. The socketpair is the loop's:
+// each client receives a copy of one end, then the loop closes both ends
+// and both clients; a pair whose waiter vanished waits for the next one.
 func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool) {
 	h := l.hashKey(key)
 	peer := slot(h, mode.Peer())
@@ -84,6 +86,7 @@ func (l *loop) hungUp(fd int32) bool {
 	return err == nil && n > 0 && l.pollFD[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
 }
 
+// closePair closes the loop's ends of a socketpair not handed out.
 func (l *loop) closePair() {
 	for i, fd := range l.pair {
 		if fd >= 0 {
@@ -93,7 +96,8 @@ func (l *loop) closePair() {
 	}
 }
 
-// park makes fd wait in index slot s.
+// park makes fd wait in index slot s; the loop keeps fd until it is paired
+// or dropped.
 func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	c := &l.conns[fd]
 	c.key = string(key)
@@ -129,8 +133,8 @@ func (l *loop) waiterEvent(fd int32, hup bool) {
 		l.drop(fd)
 		return
 	}
-	// Only a second message or descriptors make a waiter readable
-	// again: the GET_PAIR and its padding were seen already.
+	// Only a second message or descriptors make a waiter readable again:
+	// the GET_PAIR and its padding were seen already.
 	n, nfds, trunc, e := l.peek.peek(int(fd))
 	switch {
 	case e == unix.EAGAIN:

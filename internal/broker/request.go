@@ -133,9 +133,16 @@ func (l *loop) consume(fd int32, rdhup bool) bool {
 	// The request is in l.msg now; remember how much of the stream it took
 	// so that the trailing-data check of a waiter stays right.
 	c.consumed = c.got
-	l.putBuf(c.partial)
-	c.partial, c.got = nil, 0
+	l.dropPartial(c)
 	return true
+}
+
+// dropPartial gives c's partial request buffer, if any, back for reuse.
+func (l *loop) dropPartial(c *conn) {
+	if c.partial != nil {
+		l.putBuf(c.partial)
+		c.partial, c.got = nil, 0
+	}
 }
 
 // awaitMore makes sure fd is polled and under the handshake deadline.
