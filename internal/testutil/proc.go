@@ -13,20 +13,26 @@ import (
 // Proc is a process a test runs in a process group of its own, so that
 // killing it ends whatever it started too.
 type Proc struct {
-	Name string
-	Cmd  *exec.Cmd
-	Log  *LockedBuffer // its standard output and error
-	Err  error         // what Wait returned, once Done is closed
-	done chan struct{}
+	Name  string
+	Cmd   *exec.Cmd
+	Log   *LockedBuffer // its standard output and error, unless the caller sent them elsewhere
+	Err   error         // what Wait returned, once Done is closed
+	done  chan struct{}
+	group bool // it leads a process group of its own, which Kill kills
 }
 
-// StartProc starts cmd, called name in messages, with its output in Log.
-// At t's cleanup the process group is killed, and if t failed its log is
-// printed.
+// StartProc starts cmd, called name in messages, with its output in Log
+// (but a cmd.Stdout or cmd.Stderr the caller set is kept). At t's cleanup
+// the process group is killed, and if t failed its log is printed.
 func StartProc(t testing.TB, name string, cmd *exec.Cmd) *Proc {
 	t.Helper()
-	p := &Proc{Name: name, Cmd: cmd, Log: &LockedBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.Log, p.Log
+	log := &LockedBuffer{}
+	if cmd.Stdout == nil {
+		cmd.Stdout = log
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = log
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -34,6 +40,21 @@ func StartProc(t testing.TB, name string, cmd *exec.Cmd) *Proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
+	return watch(t, name, cmd, log)
+}
+
+// WatchProc is StartProc for a cmd the caller has started itself: its
+// output goes where the caller sent it (Log stays empty), and Kill kills
+// its process group only if cmd made one (Setpgid), else the process.
+func WatchProc(t testing.TB, name string, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	return watch(t, name, cmd, &LockedBuffer{})
+}
+
+func watch(t testing.TB, name string, cmd *exec.Cmd, log *LockedBuffer) *Proc {
+	attr := cmd.SysProcAttr
+	p := &Proc{Name: name, Cmd: cmd, Log: log, done: make(chan struct{}),
+		group: attr != nil && attr.Setpgid && attr.Pgid == 0}
 	go func() {
 		p.Err = cmd.Wait()
 		close(p.done)
@@ -41,7 +62,9 @@ func StartProc(t testing.TB, name string, cmd *exec.Cmd) *Proc {
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
-			t.Logf("log of %s:\n%s", p.Name, p.Log.String())
+			if s := p.Log.String(); s != "" {
+				t.Logf("log of %s:\n%s", p.Name, s)
+			}
 		}
 	})
 	return p
@@ -50,9 +73,14 @@ func StartProc(t testing.TB, name string, cmd *exec.Cmd) *Proc {
 // Done is closed once the process has exited.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
-// Kill kills the process group and waits for the process to exit.
+// Kill kills the process group (or the process, if it has no group of its
+// own) and waits for the process to exit.
 func (p *Proc) Kill() {
-	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	if p.group {
+		syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	} else {
+		p.Cmd.Process.Kill()
+	}
 	<-p.done
 }
 
