@@ -14,7 +14,6 @@
 package doc_test
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,11 +46,7 @@ func programs(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir := filepath.Join(workDir, "bin")
-		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/one-socket", "./cmd/one-socketctl")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/one-socket ./cmd/one-socketctl: %v\n%s", err, out)
-		}
+		buildErr = testutil.Build(dir+string(filepath.Separator), &testutil.BuildOptions{Dir: repoRoot}, "./cmd/one-socket", "./cmd/one-socketctl")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

@@ -128,8 +128,10 @@ func once(t *testing.T, key string, build func() (string, error)) string {
 func daemonBin(t *testing.T) string {
 	requireTool(t, "go")
 	return once(t, "one-socket", func() (string, error) {
+		buildSlots <- struct{}{}
+		defer func() { <-buildSlots }()
 		out := filepath.Join(workDir, "bin", "one-socket")
-		return out, runBuild(repoRoot, nil, "go", "build", "-o", out, "./cmd/one-socket")
+		return out, testutil.Build(out, &testutil.BuildOptions{Dir: repoRoot}, "./cmd/one-socket")
 	})
 }
 

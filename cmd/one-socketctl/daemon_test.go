@@ -31,13 +31,9 @@ func buildDaemon(t *testing.T) string {
 	t.Helper()
 	daemonOnce.Do(func() {
 		bin := filepath.Join(binDir, "one-socket")
-		out, err := exec.Command("go", "build", "-ldflags=-X main.version="+daemonVersion, "-o", bin, "../one-socket").CombinedOutput()
-		if err != nil {
-			daemonErr = err
-			t.Logf("go build ../one-socket:\n%s", out)
-			return
+		if daemonErr = testutil.Build(bin, &testutil.BuildOptions{Version: daemonVersion}, "../one-socket"); daemonErr == nil {
+			daemonBin = bin
 		}
-		daemonBin = bin
 	})
 	require.NoError(t, daemonErr, "building the daemon")
 	return daemonBin

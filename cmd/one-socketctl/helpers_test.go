@@ -54,9 +54,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(binDir)
 	ctlBin = filepath.Join(binDir, "one-socketctl")
-	build := exec.Command("go", "build", "-ldflags=-X main.version="+testVersion, "-o", ctlBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := testutil.Build(ctlBin, &testutil.BuildOptions{Version: testVersion}, "."); err != nil {
 		fmt.Fprintf(os.Stderr, "building one-socketctl: %v\n", err)
 		return 1
 	}

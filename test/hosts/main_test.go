@@ -48,11 +48,9 @@ func testMain(m *testing.M) int {
 	defer os.RemoveAll(workDir)
 	daemonBin = filepath.Join(workDir, "one-socket")
 	ctlBin = filepath.Join(workDir, "one-socketctl")
-	build := exec.Command("go", "build", "-o", workDir+"/",
+	if err := testutil.Build(workDir+"/", nil,
 		"github.com/one-socket/one-socket/cmd/one-socket",
-		"github.com/one-socket/one-socket/cmd/one-socketctl")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+		"github.com/one-socket/one-socket/cmd/one-socketctl"); err != nil {
 		fmt.Fprintf(os.Stderr, "building one-socket and one-socketctl: %v\n", err)
 		return 1
 	}

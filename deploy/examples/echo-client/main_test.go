@@ -44,13 +44,15 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(binDir)
-	for _, args := range [][]string{
-		{"-o", binDir + "/", "github.com/one-socket/one-socket/cmd/one-socket", "github.com/one-socket/one-socket/cmd/one-socketctl"},
-		{"-o", filepath.Join(binDir, "one-socket-echo-client"), "."},
+	for _, b := range []struct {
+		out  string
+		pkgs []string
+	}{
+		{binDir + "/", []string{"github.com/one-socket/one-socket/cmd/one-socket", "github.com/one-socket/one-socket/cmd/one-socketctl"}},
+		{filepath.Join(binDir, "one-socket-echo-client"), []string{"."}},
 	} {
-		out, err := exec.Command("go", append([]string{"build"}, args...)...).CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "go build %q: %v\n%s", args, err, out)
+		if err := testutil.Build(b.out, nil, b.pkgs...); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 	}

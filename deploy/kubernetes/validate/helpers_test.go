@@ -1,9 +1,7 @@
 package validate
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -11,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/one-socket/one-socket/internal/testutil"
 )
 
 // repoRoot is the checkout's top: this module is deploy/kubernetes/validate.
@@ -92,17 +92,11 @@ func binaries(t *testing.T) string {
 		if buildErr = os.Chmod(binDir, 0o755); buildErr != nil {
 			return
 		}
-		for _, args := range [][]string{
-			{"-o", binDir + "/", "./cmd/one-socket", "./cmd/one-socketctl"},
-			{"-o", filepath.Join(binDir, EchoClient), "./deploy/examples/echo-client"},
-		} {
-			cmd := exec.Command("go", append([]string{"build"}, args...)...)
-			cmd.Dir = repoRoot(t)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %q: %v\n%s", args, err, out)
-				return
-			}
+		opts := &testutil.BuildOptions{Dir: repoRoot(t)}
+		if buildErr = testutil.Build(binDir+"/", opts, "./cmd/one-socket", "./cmd/one-socketctl"); buildErr != nil {
+			return
 		}
+		buildErr = testutil.Build(filepath.Join(binDir, EchoClient), opts, "./deploy/examples/echo-client")
 	})
 	require.NoError(t, buildErr)
 	return binDir
