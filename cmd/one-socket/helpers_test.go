@@ -55,11 +55,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	daemonBin = filepath.Join(dir, "one-socket")
-	args := append([]string{"build"}, buildFlags...)
-	args = append(args, "-ldflags=-X main.version="+testVersion, "-o", daemonBin, ".")
-	build := exec.Command("go", args...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := testutil.Build(daemonBin, &testutil.BuildOptions{Version: testVersion, Flags: buildFlags}, "."); err != nil {
 		fmt.Fprintf(os.Stderr, "building one-socket: %v\n", err)
 		return 1
 	}
@@ -73,7 +69,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	stdout testutil.LockedBuffer
 	stderr testutil.LockedBuffer
-	done   chan struct{} // closed when the process has exited
+	done   <-chan struct{} // closed when the process has exited (its testutil.Proc's Done)
 }
 
 // strippedEnv lists the variables daemonEnv leaves out: they would change
@@ -105,33 +101,34 @@ func spawn(t *testing.T, env []string, args ...string) *daemon {
 }
 
 // start runs cmd (the daemon, or a wrapper that starts it) as a daemon
-// listening on path, killed at cleanup if still running; label names its
-// output in the log of a failed test.
+// listening on path, in a process group of its own that is killed at
+// cleanup; label names its output in the log of a failed test. In its own
+// group it no longer gets a terminal's ^C with the test, so it is also
+// killed if the test process dies before its cleanup.
 func start(t *testing.T, cmd *exec.Cmd, path, label string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, done: make(chan struct{}), path: path, cmd: cmd}
-	d.cmd.Stdout = &d.stdout
-	d.cmd.Stderr = &d.stderr
-	require.NoError(t, d.cmd.Start())
-	d.watch(label)
+	d := &daemon{t: t, path: path, cmd: cmd}
+	cmd.Stdout, cmd.Stderr = &d.stdout, &d.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	d.logOnFailure(label)
+	d.done = testutil.StartProc(t, label, cmd).Done()
 	return d
 }
 
-// watch reaps the started process, and kills it at cleanup if it is still
-// running; label names its output in the log of a failed test.
+// watch reaps d.cmd, which the caller has started with its output in
+// d.stdout and d.stderr, and kills it at cleanup if it is still running;
+// label names its output in the log of a failed test.
 func (d *daemon) watch(label string) {
+	d.logOnFailure(label)
+	d.done = testutil.WatchProc(d.t, label, d.cmd).Done()
+}
+
+// logOnFailure prints the daemon's stderr at cleanup if the test failed.
+// Called before the process is watched, it runs after the process is
+// killed.
+func (d *daemon) logOnFailure(label string) {
 	t := d.t
-	go func() {
-		d.cmd.Wait()
-		close(d.done)
-	}()
 	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			d.cmd.Process.Kill()
-			<-d.done
-		}
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", label, d.stderr.String())
 		}
