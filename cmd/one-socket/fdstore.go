@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,9 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/handover"
 	"github.com/one-socket/one-socket/internal/scm"
-
-	"github.com/one-socket/one-socket/internal/broker"
 )
 
 // Restart without loss under systemd. With --fdstore (or $FDSTORE, which
@@ -28,35 +25,9 @@ import (
 // the order systemd passes them in does not matter, and a client that hung
 // up meanwhile (systemd drops it from the store) is simply missing.
 
-const (
-	// storeVersion is the format of the stored description.
-	storeVersion = 1
-	// barrierTimeout bounds the wait for systemd to have read the store
-	// messages before the process exits.
-	barrierTimeout = 5 * time.Second
-)
-
-// storedState is the description of the stored clients.
-type storedState struct {
-	Version int           `json:"version"`
-	Saved   time.Time     `json:"saved"`
-	Conns   []storedConn  `json:"conns"`
-	Counts  storedCounter `json:"counts"`
-}
-
-// storedConn is one stored client: the engine's description, and the
-// inode of its socket to find its descriptor among those passed back.
-type storedConn struct {
-	Ino uint64 `json:"ino"`
-	broker.HandedConn
-}
-
-// storedCounter counts what a stop put in the store, for the next start's
-// log line.
-type storedCounter struct {
-	Clients   int `json:"clients"`
-	Listeners int `json:"listeners"`
-}
+// barrierTimeout bounds the wait for systemd to have read the store
+// messages before the process exits.
+const barrierTimeout = 5 * time.Second
 
 // fdStoreWanted reports whether stops should use the store: --fdstore, or
 // a positive $FDSTORE.
@@ -86,59 +57,49 @@ func (d *instance) stopIntoStore() {
 		}
 	}()
 
-	var counts storedCounter
+	listeners := 0
 	// A listener this process created goes into the store too, and its
 	// file stays: clients that connect during the restart wait in its
 	// queue. The service manager's own sockets are not stored again.
-	storeListener := func(fd int, name string, sf **socketFile) {
-		if fd < 0 || *sf == nil {
+	storeListener := func(fd int, name string, sock *socket) {
+		if fd < 0 || sock.file == nil {
 			return
 		}
 		if err := d.notify.Store(name, []int{fd}); err != nil {
 			log.Warn("cannot store the listening socket", "fdname", name, "err", err)
 			return
 		}
-		counts.Listeners++
-		*sf = nil // kept for the next instance, not removed
+		listeners++
+		sock.file = nil // kept for the next instance, not removed
 	}
-	storeListener(st.Listener, fdNameBroker, &d.brokerSock)
+	storeListener(st.Listener, fdNameBroker, &d.sock)
 	storeListener(ctlFD, fdNameControl, &d.ctlSock)
-	d.removeSocket(d.brokerSock)
-	d.removeSocket(d.ctlSock)
-	d.brokerSock, d.ctlSock = nil, nil
+	d.removeSockets()
 
-	desc := storedState{Version: storeVersion, Saved: time.Now()}
-	var fds []int
-	for _, c := range st.Conns {
-		var s unix.Stat_t
-		if err := unix.Fstat(c.FD, &s); err != nil {
-			continue
-		}
-		desc.Conns = append(desc.Conns, storedConn{Ino: s.Ino, HandedConn: c})
-		fds = append(fds, c.FD)
-	}
+	desc, fds := handover.ForStore(st.Conns, time.Now())
+	desc.Counts.Listeners = listeners
+	clients := 0
 	if len(fds) > 0 {
-		desc.Counts = storedCounter{Clients: len(fds), Listeners: counts.Listeners}
-		counts.Clients, err = d.storeClients(&desc, fds)
+		clients, err = d.storeClients(desc, fds)
 		if err != nil {
-			log.Warn("cannot store every client; the rest are disconnected", "stored", counts.Clients, "clients", len(fds), "err", err)
+			log.Warn("cannot store every client; the rest are disconnected", "stored", clients, "clients", len(fds), "err", err)
 		}
 	}
-	if max, ok := fdStoreMax(); ok && counts.Clients+counts.Listeners+1 > max {
-		log.Warn("more descriptors than FileDescriptorStoreMax=; systemd keeps only the first", "stored", counts.Clients+counts.Listeners+1, "max", max)
+	if max, ok := fdStoreMax(); ok && clients+listeners+1 > max {
+		log.Warn("more descriptors than FileDescriptorStoreMax=; systemd keeps only the first", "stored", clients+listeners+1, "max", max)
 	}
 	// Exit only once systemd holds them: its copies keep the connections
 	// open when this process's copies close.
 	if err := d.notify.Barrier(barrierTimeout); err != nil {
 		log.Warn("cannot confirm the store", "err", err)
 	}
-	log.Info("clients stored with the service manager", "clients", counts.Clients, "listeners", counts.Listeners)
+	log.Info("clients stored with the service manager", "clients", clients, "listeners", listeners)
 }
 
 // storeClients sends the description and then the clients, at most
 // scm.MaxFD a message, and returns how many clients were sent.
-func (d *instance) storeClients(desc *storedState, fds []int) (int, error) {
-	mfd, err := sealedMemfd("one-socket-state", desc)
+func (d *instance) storeClients(desc *handover.State, fds []int) (int, error) {
+	mfd, err := desc.Memfd("one-socket-state", true)
 	if err != nil {
 		return 0, err
 	}
@@ -167,111 +128,29 @@ func fdStoreMax() (int, bool) {
 	return n, err == nil && n > 0
 }
 
-// sealedMemfd returns a memfd holding v as JSON, sealed against change.
-func sealedMemfd(name string, v any) (int, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return -1, err
-	}
-	mfd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
-	if err != nil {
-		return -1, os.NewSyscallError("memfd_create", err)
-	}
-	if err := writeAll(mfd, data); err != nil {
-		unix.Close(mfd)
-		return -1, fmt.Errorf("writing the description: %w", err)
-	}
-	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
-	if _, err := unix.FcntlInt(uintptr(mfd), unix.F_ADD_SEALS, seals); err != nil {
-		unix.Close(mfd)
-		return -1, os.NewSyscallError("fcntl", err)
-	}
-	return mfd, nil
-}
-
-// restored is what a start took back from the file descriptor store.
-type restored struct {
-	conns  []broker.HandedConn // matched to their description, ready to serve
-	taken  int                 // len(conns) before the engine took them
-	lost   int                 // described, but not passed back: hung up meanwhile
-	stray  int                 // passed back without a description: closed
-	counts storedCounter       // what the previous stop stored
-}
-
 // takeStored matches the stored clients that act holds with the stored
 // description and takes them out of act, which keeps only the listeners.
 // It returns nil when nothing was stored. On error every client is closed,
 // and the result says how many: the store must be emptied all the same.
-func takeStored(act *activated, now time.Time) (*restored, error) {
+func takeStored(act *activated, now time.Time) (*handover.Restored, error) {
 	if act == nil || (act.state == nil && len(act.clients) == 0) {
 		return nil, nil
 	}
 	clients, state := act.clients, act.state
 	act.clients, act.state = nil, nil
-	r := &restored{}
-	closeAll := func() {
-		for _, fd := range clients {
-			unix.Close(fd)
-		}
-		r.stray = len(clients)
-	}
 	if state == nil {
-		closeAll()
-		return r, fmt.Errorf("%d stored clients came back without their description (FDNAME=%s); closed", len(clients), fdNameState)
+		scm.CloseAll(clients)
+		return &handover.Restored{Stray: len(clients)},
+			fmt.Errorf("%d stored clients came back without their description (FDNAME=%s); closed", len(clients), fdNameState)
 	}
-	desc, err := readStoredState(state)
+	desc, err := handover.ReadStored(state)
 	state.Close()
 	if err != nil {
-		closeAll()
-		return r, fmt.Errorf("stored description: %w; %d stored clients closed", err, len(clients))
+		scm.CloseAll(clients)
+		return &handover.Restored{Stray: len(clients)},
+			fmt.Errorf("stored description: %w; %d stored clients closed", err, len(clients))
 	}
-	byIno := make(map[uint64]int, len(clients))
-	r.counts = desc.Counts
-	for _, fd := range clients {
-		var s unix.Stat_t
-		if err := unix.Fstat(fd, &s); err != nil || s.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			unix.Close(fd)
-			r.stray++
-			continue
-		}
-		byIno[s.Ino] = fd
-	}
-	// Time went on while the daemon was down; waits and deadlines go on
-	// with it.
-	gap := max(now.Sub(desc.Saved), 0)
-	for _, c := range desc.Conns {
-		fd, ok := byIno[c.Ino]
-		if !ok {
-			r.lost++
-			continue
-		}
-		delete(byIno, c.Ino)
-		h := c.HandedConn
-		h.FD = fd
-		h.Since += gap
-		r.conns = append(r.conns, h)
-	}
-	for _, fd := range byIno {
-		unix.Close(fd)
-		r.stray++
-	}
-	r.taken = len(r.conns)
-	return r, nil
-}
-
-// readStoredState reads and checks a stored description.
-func readStoredState(f *os.File) (*storedState, error) {
-	var desc storedState
-	if err := readDescription(f, &desc); err != nil {
-		return nil, err
-	}
-	if desc.Version != storeVersion {
-		return nil, fmt.Errorf("version %d, this daemon reads %d", desc.Version, storeVersion)
-	}
-	if desc.Saved.IsZero() {
-		return nil, errors.New("no time of saving")
-	}
-	return &desc, nil
+	return desc.Match(clients, now), nil
 }
 
 // forgetStored empties the store of the clients and description this

@@ -44,7 +44,13 @@ func (m *manager) waitFor(want string) string {
 // start starts an instance of the daemon with args and waits for READY=1.
 func (m *manager) start(args ...string) *daemon {
 	m.t.Helper()
-	d := &daemon{t: m.t, done: make(chan struct{}), path: m.BrokerPath, cmd: exec.Command(daemonBin, args...)}
+	return m.startBinary(daemonBin, args...)
+}
+
+// startBinary is start for the daemon binary at bin.
+func (m *manager) startBinary(bin string, args ...string) *daemon {
+	m.t.Helper()
+	d := &daemon{t: m.t, done: make(chan struct{}), path: m.BrokerPath, cmd: exec.Command(bin, args...)}
 	d.cmd.Stdout, d.cmd.Stderr = &d.stdout, &d.stderr
 	require.NoError(m.t, m.Start(d.cmd, daemonEnv()))
 	d.watch("one-socket")
@@ -186,7 +192,8 @@ func TestIntegrationFDStoreBadState(t *testing.T) {
 			if tt.state != "" {
 				mfd, err := unix.MemfdCreate("state", unix.MFD_CLOEXEC)
 				require.NoError(t, err)
-				require.NoError(t, writeAll(mfd, []byte(tt.state)))
+				_, err = unix.Write(mfd, []byte(tt.state))
+				require.NoError(t, err)
 				m.Add(os.NewFile(uintptr(mfd), fdNameState), fdNameState)
 			}
 			d := m.start("--fdstore")

@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/one-socket/one-socket/internal/broker"
-	"github.com/one-socket/one-socket/internal/control"
+	"github.com/one-socket/one-socket/internal/handover"
 	"github.com/one-socket/one-socket/internal/paths"
 	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/internal/systemd"
@@ -42,9 +42,9 @@ func main() {
 // --version, and for --detach once the daemon listens; 2 for a bad command
 // line; 1 for anything that kept the broker from starting or running.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && args[0] == handoverFlag {
-		// Hidden: the upgrade asks the new binary which handover it reads.
-		fmt.Fprintln(stdout, handoverVersion)
+	if len(args) == 1 && args[0] == handover.VersionFlag {
+		// Hidden: an upgrade asks the new binary which format it reads.
+		fmt.Fprintln(stdout, handover.Version)
 		return 0
 	}
 	cfg, err := parseFlags(args, stdout, stderr)
@@ -61,83 +61,92 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	// What the environment hands over is taken, and the variables unset,
 	// first of all: nothing this process starts may inherit them.
-	report, err := takeStartReport()
-	if err != nil {
+	boot := &startup{}
+	if boot.report, err = takeStartReport(); err != nil {
 		fmt.Fprintf(stderr, "one-socket: %v\n", err)
 		return 1
 	}
-	ho, err := takeHandover()
-	if err != nil {
+	if boot.ho, err = handover.Take(); err != nil {
 		fmt.Fprintf(stderr, "one-socket: cannot take over: %v\n", err)
 		return 1
 	}
-	act, actErr := takeActivated(os.Getpid())
+	boot.act, boot.actErr = takeActivated(os.Getpid())
 	notify, notifyErr := systemd.NewNotifier()
+	boot.notifyErr = notifyErr
 
-	if cfg.detach && report == nil && ho == nil {
-		if act != nil || actErr != nil {
-			act.close()
+	if cfg.detach && boot.report == nil && boot.ho == nil {
+		if boot.act != nil || boot.actErr != nil {
+			boot.act.close()
 			fmt.Fprintln(stderr, "one-socket: --detach cannot be used with socket activation: the service manager runs the daemon")
 			return 1
 		}
 		return detach(args, stderr)
 	}
 
-	d := &instance{cfg: cfg, act: act, notify: notify, report: report, level: new(slog.LevelVar), ho: ho}
-	if ho != nil {
-		d.exe = ho.Exe
+	d := &instance{cfg: cfg, notify: notify, level: new(slog.LevelVar), boot: boot}
+	if boot.ho != nil {
+		d.exe = boot.ho.Exe
 	} else if d.exe, err = executablePath(os.Args[0]); err != nil {
-		d.exeErr = err
+		boot.exeErr = err
 	}
 	d.level.Set(cfg.logLevel)
-	return d.run(stderr, actErr, notifyErr)
+	return d.run(stderr)
 }
 
-// instance is a broker with everything the process set up around it, so
-// that the start-up can fail at any step and one place undoes what was
-// done.
+// instance is a running daemon: the broker, its sockets and what the
+// process set up around it.
 type instance struct {
 	cfg    *config
-	act    *activated        // sockets from the service manager, or nil
-	notify *systemd.Notifier // the service manager's notify socket, or nil
-	report *startReport      // the pipe to a --detach parent, or nil
-	level  *slog.LevelVar
-	policy policyState // --policy and the summary of the policy in force
 	log    *slog.Logger
-	logf   *logFile // --log-file, or nil
+	level  *slog.LevelVar
+	logf   *logFile          // --log-file, or nil
+	notify *systemd.Notifier // the service manager's notify socket, or nil
+	policy policyState       // --policy and the policy in force
 
-	pidf       *pidFile
-	b          *broker.Broker
-	brokerPath string
-	brokerSock *socketFile       // nil when activated: systemd owns the file
-	ctlPath    string            // "" without a control socket
-	ctlSock    *socketFile       // nil when activated or disabled
-	ctlLn      *net.UnixListener // the control socket until startControl
-	ctl        *control.Server
-	served     chan error // the broker's Serve result
-	ctlServed  chan error // the control server's, nil without one
-	stopReq    chan struct{}
-	started    time.Time
+	b      *broker.Broker
+	bcfg   broker.Config // what a new broker is made with, but the authorizer
+	served chan error    // the broker's Serve result; nil when none runs
 
-	exe         string // the binary an upgrade runs, as invoked
-	exeErr      error
-	ho          *handover // what the previous program handed over, or nil
-	activated   bool      // the broker socket came from the service manager
-	bcfg        broker.Config
-	ctlListener *net.UnixListener // the control server's, kept for an upgrade
-	upgradeReq  chan struct{}
+	sock      socket // the broker socket
+	ctlSock   socket // the control socket; its path is "" without one
+	activated bool   // the broker socket is the service manager's
+	ctl       controlServer
+	pidf      *pidFile
+	started   time.Time
+	exe       string // the binary an upgrade runs, as invoked; "" when unknown
+	fdstore   bool   // stops hand the clients to the service manager's store
 
-	fdstore  bool      // stops hand the clients to the service manager's store
-	restored *restored // what this start took back from that store, or nil
+	stopReq    chan struct{} // the control socket's stop
+	upgradeReq chan struct{} // the control socket's upgrade, once checked
+
+	boot *startup // what only the start-up uses; nil once the daemon serves
+}
+
+// socket is where a socket of the daemon is, and its file if this process
+// created it.
+type socket struct {
+	path string
+	file *socketFile // nil when the service manager owns the file, or it is kept for the next instance
+}
+
+// startup is what the environment passed to this process, which the
+// start-up takes over or undoes.
+type startup struct {
+	act      *activated         // sockets and stored clients from the service manager, or nil
+	report   *startReport       // the pipe to a --detach parent, or nil
+	ho       *handover.State    // what the previous program handed over, or nil
+	restored *handover.Restored // the clients taken back from the store, or nil
+	// Found before the log exists, reported once it does.
+	actErr, notifyErr, exeErr error
 }
 
 // run starts the daemon, serves until a stop, and returns the exit status.
-func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
-	cfg := d.cfg
+func (d *instance) run(stderr io.Writer) int {
+	cfg, boot := d.cfg, d.boot
 	var pathErr error
-	if d.ho != nil {
-		d.brokerPath, d.ctlPath = d.ho.Socket.Path, d.ho.CtlSocket.Path
-		cfg.logFile = d.ho.LogFile
+	if boot.ho != nil {
+		d.sock.path, d.ctlSock.path = boot.ho.Socket.Path, boot.ho.CtlSocket.Path
+		cfg.logFile = boot.ho.LogFile
 	} else {
 		pathErr = d.settlePaths()
 	}
@@ -146,37 +155,40 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	// operator asked; errors found so far are reported once it exists.
 	var logw io.Writer = stderr
 	if cfg.logFile != "" {
-		lf, err := openLogFile(cfg.logFile, d.report != nil)
+		lf, err := openLogFile(cfg.logFile, boot.report != nil)
 		if err != nil {
-			return d.fail(slog.New(slog.NewTextHandler(stderr, nil)), err)
+			d.log = slog.New(slog.NewTextHandler(stderr, nil))
+			return d.fail(err)
 		}
 		d.logf, logw = lf, lf
 	}
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
-	for _, err := range []error{actErr, pathErr} {
+	for _, err := range []error{boot.actErr, pathErr} {
 		if err != nil {
-			return d.fail(log, err)
+			return d.fail(err)
 		}
 	}
-	if d.exeErr != nil {
-		log.Warn("cannot resolve the daemon's binary: upgrades are disabled", "argv0", os.Args[0], "err", d.exeErr)
+	if boot.exeErr != nil {
+		log.Warn("cannot resolve the daemon's binary: upgrades are disabled", "argv0", os.Args[0], "err", boot.exeErr)
 	}
-	if notifyErr != nil {
+	if boot.notifyErr != nil {
 		// The broker works without it; a manager waiting for READY=1 will
 		// say so, and this line says why.
-		log.Warn("cannot notify the service manager", "err", notifyErr)
+		log.Warn("cannot notify the service manager", "err", boot.notifyErr)
 	}
 	if d.fdstore = fdStoreWanted(cfg.fdstore, os.Getenv); d.fdstore && d.notify == nil {
 		log.Warn("--fdstore needs a service manager (NOTIFY_SOCKET): a stop will disconnect the waiting clients")
 		d.fdstore = false
 	}
 	var storeErr error
-	if d.restored, storeErr = takeStored(d.act, time.Now()); storeErr != nil {
+	if boot.restored, storeErr = takeStored(boot.act, time.Now()); storeErr != nil {
 		log.Warn("cannot take back the stored clients", "err", storeErr)
 	}
-	if d.act != nil && d.act.broker != nil && cfg.socket != "" && cfg.socket != d.brokerPath {
-		log.Warn("--socket ignored: the service manager passed the broker socket", "socket", d.brokerPath)
+	act := boot.act
+	d.activated = act != nil && act.broker != nil
+	if d.activated && cfg.socket != "" && cfg.socket != d.sock.path {
+		log.Warn("--socket ignored: the service manager passed the broker socket", "socket", d.sock.path)
 	}
 
 	setGOMAXPROCS()
@@ -186,27 +198,19 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	}
 	// The policy before anything is created: a daemon that cannot apply
 	// the policy it was given must not start without it.
-	var auth broker.Authorizer
-	if cfg.policy != "" {
-		d.policy.path = cfg.policy
-		a, summary, err := d.policy.load()
-		if err != nil {
-			return d.fail(log, fmt.Errorf("policy: %w", err), "policy", cfg.policy)
-		}
-		auth = a
-		d.policy.summary.Store(&summary)
+	if err := d.policy.start(cfg.policy, boot.ho != nil, log); err != nil {
+		return d.fail(fmt.Errorf("policy: %w", err), "policy", cfg.policy)
 	}
-	brokerActivated := d.act != nil && d.act.broker != nil
 	gid := -1
 	if cfg.socketGroup != "" {
 		switch {
-		case brokerActivated:
-			log.Warn("--socket-group ignored: the service manager passed the broker socket", "socket", d.brokerPath)
-		case isAbstract(d.brokerPath):
-			return d.fail(log, errors.New("--socket-group cannot be used with an abstract socket, which has no file"), "socket", d.brokerPath)
+		case d.activated:
+			log.Warn("--socket-group ignored: the service manager passed the broker socket", "socket", d.sock.path)
+		case isAbstract(d.sock.path):
+			return d.fail(errors.New("--socket-group cannot be used with an abstract socket, which has no file"), "socket", d.sock.path)
 		default:
 			if gid, err = lookupSocketGroup(cfg.socketGroup); err != nil {
-				return d.fail(log, err)
+				return d.fail(err)
 			}
 		}
 	}
@@ -216,11 +220,10 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 		MaxConns:         cfg.maxConns,
 		MaxWaitingPerUID: cfg.maxWaitingPerUID,
 		MaxWait:          cfg.maxWait,
-		Authorizer:       auth,
 	}
 	d.b, err = broker.New(d.brokerConfig())
 	if err != nil {
-		return d.fail(log, err)
+		return d.fail(err)
 	}
 
 	// Signals are caught before any file exists, so that none arriving in
@@ -233,58 +236,61 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 	signal.Notify(hups, syscall.SIGHUP)
 	usr2 := make(chan os.Signal, 1)
 	signal.Notify(usr2, syscall.SIGUSR2)
+	d.stopReq = make(chan struct{}, 1)
 	d.upgradeReq = make(chan struct{}, 1)
-	if d.ho != nil {
+	if boot.ho != nil {
 		return d.adopt(sigs, hups, usr2, nofile)
 	}
-	d.activated = brokerActivated
 
 	// The pid file before the sockets: a second daemon with the same pid
 	// file must not touch them.
 	if cfg.pidFile != "" {
 		if d.pidf, err = createPidFile(cfg.pidFile); err != nil {
-			return d.fail(log, err)
+			return d.fail(err)
 		}
 	}
 	// The control socket is made before the broker socket, so that once
 	// the broker socket accepts, everything does. The broker's path is
 	// checked first all the same: a second daemon is told about the broker
 	// that runs there, not about its control socket.
-	if !brokerActivated && !isAbstract(d.brokerPath) {
-		if err := clearPath(d.brokerPath, log); err != nil {
-			return d.fail(log, err, "socket", d.brokerPath)
+	if !d.activated && !isAbstract(d.sock.path) {
+		if err := clearPath(d.sock.path, log); err != nil {
+			return d.fail(err, "socket", d.sock.path)
 		}
 	}
-	if d.act != nil && d.act.control != nil {
-		d.ctlLn, d.act.control = d.act.control, nil
-	} else if d.ctlPath != "" {
-		if d.ctlLn, d.ctlSock, err = listen(d.ctlPath, ctlSocketMode, -1, log); err != nil {
-			return d.fail(log, fmt.Errorf("control socket: %w", err), "ctl_socket", d.ctlPath)
+	if act != nil && act.control != nil {
+		d.ctl.ln, act.control = act.control, nil
+	} else if d.ctlSock.path != "" {
+		if d.ctl.ln, d.ctlSock.file, err = listen(d.ctlSock.path, ctlSocketMode, -1, log); err != nil {
+			return d.fail(fmt.Errorf("control socket: %w", err), "ctl_socket", d.ctlSock.path)
 		}
 	}
 	var ln *net.UnixListener
-	if brokerActivated {
-		ln, d.act.broker = d.act.broker, nil
-	} else if ln, d.brokerSock, err = listen(d.brokerPath, cfg.socketMode, gid, log); err != nil {
-		return d.fail(log, err, "socket", d.brokerPath)
+	if d.activated {
+		ln, act.broker = act.broker, nil
+	} else if ln, d.sock.file, err = listen(d.sock.path, cfg.socketMode, gid, log); err != nil {
+		return d.fail(err, "socket", d.sock.path)
+	}
+	taken := 0
+	if boot.restored != nil {
+		taken = len(boot.restored.Conns)
 	}
 	if err := d.startEngine(ln); err != nil {
-		return d.fail(log, err)
+		return d.fail(err)
 	}
 
 	d.started = time.Now()
-	d.stopReq = make(chan struct{}, 1)
 	d.startControl()
 
 	d.logStarted(nofile)
-	d.report.ok()
+	boot.report.ok()
 	d.ready()
-	if r := d.restored; r != nil {
+	if r := boot.restored; r != nil {
 		d.forgetStored()
-		log.Info("clients taken back from the service manager", "clients", r.taken,
-			"stored", r.counts.Clients, "hung_up", r.lost, "unknown", r.stray)
-		d.restored = nil
+		log.Info("clients taken back from the service manager", "clients", taken,
+			"stored", r.Counts.Clients, "hung_up", r.Lost, "unknown", r.Stray)
 	}
+	d.boot = nil
 	return d.serve(sigs, hups, usr2)
 }
 
@@ -292,7 +298,8 @@ func (d *instance) run(stderr io.Writer, actErr, notifyErr error) int {
 // file descriptor store if there are any.
 func (d *instance) startEngine(ln *net.UnixListener) error {
 	d.served = make(chan error, 1)
-	if d.restored == nil || len(d.restored.conns) == 0 {
+	r := d.boot.restored
+	if r == nil || len(r.Conns) == 0 {
 		go func() { d.served <- d.b.Serve(ln) }()
 		return nil
 	}
@@ -302,8 +309,8 @@ func (d *instance) startEngine(ln *net.UnixListener) error {
 		d.served = nil
 		return fmt.Errorf("broker socket: %w", err)
 	}
-	st := &broker.State{Listener: lfd, Conns: d.restored.conns}
-	d.restored.conns = nil // the engine owns them now
+	st := &broker.State{Listener: lfd, Conns: r.Conns}
+	r.Conns = nil // the engine owns them now
 	go func() { d.served <- d.b.ServeState(st) }()
 	return nil
 }
@@ -312,25 +319,25 @@ func (d *instance) startEngine(ln *net.UnixListener) error {
 // anything is opened: a detached daemon makes every path absolute and
 // leaves its working directory.
 func (d *instance) settlePaths() error {
-	cfg := d.cfg
+	cfg, act := d.cfg, d.boot.act
 	var err error
-	if d.act != nil && d.act.broker != nil {
-		d.brokerPath = listenerPath(d.act.broker)
-	} else if d.brokerPath, err = paths.BrokerSocket(cfg.socket, os.Getenv, os.Geteuid()); err != nil {
+	if act != nil && act.broker != nil {
+		d.sock.path = listenerPath(act.broker)
+	} else if d.sock.path, err = paths.BrokerSocket(cfg.socket, os.Getenv, os.Geteuid()); err != nil {
 		return err
 	}
 	switch {
-	case d.act != nil && d.act.control != nil:
-		d.ctlPath = listenerPath(d.act.control)
-	case d.act != nil:
+	case act != nil && act.control != nil:
+		d.ctlSock.path = listenerPath(act.control)
+	case act != nil:
 		// Under socket activation the sockets are the service manager's to
 		// create: a control socket it did not pass is made only when named.
-		d.ctlPath = ctlSocketPath(cfg, "", os.Getenv)
+		d.ctlSock.path = ctlSocketPath(cfg, "", os.Getenv)
 	default:
-		d.ctlPath = ctlSocketPath(cfg, d.brokerPath, os.Getenv)
+		d.ctlSock.path = ctlSocketPath(cfg, d.sock.path, os.Getenv)
 	}
-	if d.report != nil {
-		return detachPaths(&d.brokerPath, &d.ctlPath, &cfg.pidFile, &cfg.logFile)
+	if d.boot.report != nil {
+		return detachPaths(&d.sock.path, &d.ctlSock.path, &cfg.pidFile, &cfg.logFile)
 	}
 	return nil
 }
@@ -355,10 +362,10 @@ func (d *instance) serve(sigs, hups, usr2 chan os.Signal) int {
 			if d.policy.path != "" {
 				d.reloadPolicy("SIGHUP")
 			}
-		case err := <-d.ctlServed:
+		case err := <-d.ctl.served:
 			// The broker goes on without its control socket.
-			d.ctlServed = nil
-			log.Warn("control socket failed", "ctl_socket", d.ctlPath, "err", err)
+			d.ctl.served = nil
+			log.Warn("control socket failed", "ctl_socket", d.ctlSock.path, "err", err)
 		case err := <-d.served:
 			// Serve returns on its own only when the engine failed.
 			d.served = nil
@@ -396,63 +403,59 @@ func (d *instance) shutdown() {
 	// open no other broker can take its path for stale, so the file checked
 	// is ours; new clients then find no socket at all rather than one that
 	// refuses them.
-	d.removeSocket(d.brokerSock)
-	d.removeSocket(d.ctlSock)
-	d.brokerSock, d.ctlSock = nil, nil
-	d.b.Shutdown()
+	d.removeSockets()
+	if d.b != nil {
+		d.b.Shutdown()
+	}
 	if d.served != nil {
 		<-d.served
+		d.served = nil
 	}
-	if d.ctl != nil {
-		d.ctl.Close()
-		if d.ctlServed != nil {
-			<-d.ctlServed
-		}
-	}
+	d.ctl.close()
+}
+
+// removeSockets removes the socket files this process created and still
+// owns.
+func (d *instance) removeSockets() {
+	d.removeSocket(d.sock.file)
+	d.removeSocket(d.ctlSock.file)
+	d.sock.file, d.ctlSock.file = nil, nil
 }
 
 // fail undoes a start-up that failed with err, reports err (to the log,
 // the --detach parent and the service manager) and returns the exit
 // status 1. args are added to the log line.
-func (d *instance) fail(log *slog.Logger, err error, args ...any) int {
-	d.log = log
-	log.Error("cannot start", append(args, "err", err)...)
-	if d.served != nil {
-		d.shutdown()
-	} else {
-		d.removeSocket(d.brokerSock)
-		d.removeSocket(d.ctlSock)
-	}
-	d.act.close()
-	if d.restored != nil {
+func (d *instance) fail(err error, args ...any) int {
+	d.log.Error("cannot start", append(args, "err", err)...)
+	d.shutdown()
+	boot := d.boot
+	boot.act.close()
+	if r := boot.restored; r != nil {
 		// Still in the service manager's store: only these copies go.
-		(&broker.State{Listener: -1, Conns: d.restored.conns}).Close()
-		d.restored = nil
-	}
-	if d.ctlLn != nil {
-		d.ctlLn.Close()
+		(&broker.State{Listener: -1, Conns: r.Conns}).Close()
+		boot.restored = nil
 	}
 	d.removePidFile()
-	d.report.fail(fmt.Errorf("cannot start: %w", err))
+	boot.report.fail(fmt.Errorf("cannot start: %w", err))
 	if serr := d.notify.Notify("STATUS=cannot start: " + err.Error()); serr != nil {
-		log.Warn("cannot notify the service manager", "err", serr)
+		d.notifyFailed(serr)
 	}
 	return 1
 }
 
 // logStarted writes the start line.
 func (d *instance) logStarted(nofile uint64) {
-	args := []any{"socket", d.brokerPath}
-	if d.brokerSock != nil && !d.brokerSock.abstract {
+	args := []any{"socket", d.sock.path}
+	if d.sock.file != nil && !d.sock.file.abstract {
 		args = append(args, "mode", fmt.Sprintf("%04o", uint32(d.cfg.socketMode)))
 		if d.cfg.socketGroup != "" {
 			args = append(args, "group", d.cfg.socketGroup)
 		}
 	}
-	if d.ctl != nil {
-		args = append(args, "ctl_socket", d.ctlPath)
+	if d.ctl.srv != nil {
+		args = append(args, "ctl_socket", d.ctlSock.path)
 	}
-	if d.brokerSock == nil {
+	if d.activated {
 		args = append(args, "activated", true)
 	}
 	if d.pidf != nil {

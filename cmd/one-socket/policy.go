@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os/user"
 	"strconv"
 	"sync"
@@ -31,13 +32,45 @@ func (a policyAuthorizer) Authorize(p broker.Peer, key []byte, mode libspbroker.
 	return errors.New(d.Reason)
 }
 
-// policyState is the daemon's --policy: the file and the summary of the
-// policy in force. Reloads from SIGHUP and from the control socket are
+// policyState is the daemon's --policy: the file, and the policy in force
+// with its summary. Reloads from SIGHUP and from the control socket are
 // serialised by mu.
 type policyState struct {
 	path    string // "" without --policy
 	mu      sync.Mutex
+	auth    broker.Authorizer // in force; nil without --policy
 	summary atomic.Pointer[string]
+}
+
+// denyAll is the authorizer of a daemon that took clients over after an
+// upgrade but could not load its policy: it fails closed, and keeps the
+// clients, until a reload succeeds.
+type denyAll struct{}
+
+func (denyAll) Authorize(broker.Peer, []byte, libspbroker.Mode) error {
+	return errors.New("the policy could not be loaded; nothing is allowed until it is fixed and reloaded")
+}
+
+// start loads the policy at path, if any, for the daemon's start. A daemon
+// that cannot apply its policy must not start; one that adopts clients
+// after an upgrade (adopting) must not drop them either, so it starts with
+// denyAll in force and an error logged.
+func (ps *policyState) start(path string, adopting bool, log *slog.Logger) error {
+	if path == "" {
+		return nil
+	}
+	ps.path = path
+	a, summary, err := ps.load()
+	if err != nil && adopting {
+		log.Error("cannot load the policy after the upgrade: every request is denied until a reload succeeds",
+			"policy", path, "err", err)
+		a, summary, err = denyAll{}, "denying everything: the policy did not load", nil
+	}
+	if err != nil {
+		return err
+	}
+	ps.set(a, summary)
+	return nil
 }
 
 // load reads the file and returns the authorizer for it; the state is not
@@ -48,6 +81,19 @@ func (ps *policyState) load() (broker.Authorizer, string, error) {
 		return nil, "", err
 	}
 	return policyAuthorizer{p}, p.String(), nil
+}
+
+// set puts a in force.
+func (ps *policyState) set(a broker.Authorizer, summary string) {
+	ps.auth = a
+	ps.summary.Store(&summary)
+}
+
+// authorizer returns the authorizer in force, for a new broker.
+func (ps *policyState) authorizer() broker.Authorizer {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.auth
 }
 
 // current returns the summary of the policy in force, or "none".
@@ -76,7 +122,7 @@ func (d *instance) reloadPolicy(trigger string) (string, error) {
 		return "", fmt.Errorf("policy not reloaded, the old one stays in force: %w", err)
 	}
 	d.b.SetAuthorizer(a)
-	ps.summary.Store(&summary)
+	ps.set(a, summary)
 	d.log.Info("policy reloaded", "policy", ps.path, "trigger", trigger, "summary", summary)
 	return summary, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -322,4 +323,55 @@ func TestUpgradeDetached(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
 	waitExited(t, pid)
 	requireGone(t, sock, filepath.Join(dir, "ctl.socket"), filepath.Join(dir, "one.pid"))
+}
+
+// TestUpgradeRefusedBadPolicy checks that an upgrade whose new program
+// could not load the policy is refused before anything is handed over,
+// and that a new program that still fails to load it keeps the clients
+// and denies every request until a reload succeeds.
+func TestUpgradeRefusedBadPolicy(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl, policyPath := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket"), filepath.Join(dir, "policy")
+	const good = "allow uid=0\n"
+	writePolicy(t, policyPath, good)
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl, "--policy", policyPath)
+	ws := startWaiters(t, sock, 2)
+	waitWaiting(t, ctl, 2)
+
+	writePolicy(t, policyPath, "allow key=[\n")
+	reply := controlRequest(t, ctl, `{"command":"upgrade"}`)
+	assert.Equal(t, false, reply["ok"])
+	assert.Contains(t, reply["error"], "the policy does not load")
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgrade refused", 2)
+	assert.NotContains(t, d.stderr.String(), `msg=upgrading`)
+	pairWaiters(t, sock, ws[:1])
+
+	// The check passes, and the policy breaks before the new program
+	// reads it: it must keep the waiting client, deny new requests, and
+	// allow them again once the policy is fixed and reloaded.
+	writePolicy(t, policyPath, good)
+	script := fmt.Sprintf("#!/bin/sh\n"+
+		"[ \"$1\" = --handover-version ] && exec %[1]q \"$1\"\n"+
+		"printf 'allow key=[\\n' >%[2]q\n"+
+		"exec %[1]q \"$@\"\n", daemonBin, policyPath)
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "cannot load the policy after the upgrade: every request is denied until a reload succeeds")
+	waitWaiting(t, ctl, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := spb.GetPair(ctx, sock, ws[1].key, spb.ModeClient)
+	require.Error(t, err, "a request was let through with no policy in force")
+	d.waitLogCount("request denied", 1)
+	waitWaiting(t, ctl, 1)
+
+	writePolicy(t, policyPath, good)
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGHUP))
+	d.waitLogCount("policy reloaded", 1)
+	pairWaiters(t, sock, ws[1:])
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
 }

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	spb "github.com/one-socket/one-socket/libspbroker"
+)
+
+// oldRelease is the release whose state this daemon must take over.
+const oldRelease = "v0.1.0"
+
+var (
+	oldOnce sync.Once
+	oldBin  string
+	oldErr  error
+)
+
+// oldDaemon returns the daemon built from oldRelease's tag, built once
+// from `git archive`. Without git or the tag it skips the test, or fails
+// it under ONE_SOCKET_REQUIRE_ALL=1 (CI, whose clone has the tags).
+func oldDaemon(t *testing.T) string {
+	t.Helper()
+	oldOnce.Do(func() {
+		root, err := filepath.Abs("../..")
+		if err != nil {
+			oldErr = err
+			return
+		}
+		src := filepath.Join(filepath.Dir(daemonBin), oldRelease)
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			oldErr = err
+			return
+		}
+		archive := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", root, oldRelease, src)
+		if out, err := archive.CombinedOutput(); err != nil {
+			oldErr = &skipError{"cannot unpack " + oldRelease + " with git archive (no git, or a clone without tags): " + strings.TrimSpace(string(out))}
+			return
+		}
+		bin := filepath.Join(src, "one-socket")
+		build := exec.Command("go", "build", "-ldflags=-X main.version="+oldRelease, "-o", bin, "./cmd/one-socket")
+		build.Dir = src
+		if out, err := build.CombinedOutput(); err != nil {
+			oldErr = &skipError{"go build of " + oldRelease + ": " + err.Error() + "\n" + string(out)}
+			return
+		}
+		oldBin = bin
+	})
+	if oldErr != nil {
+		if os.Getenv("ONE_SOCKET_REQUIRE_ALL") == "1" {
+			t.Fatalf("%v, and ONE_SOCKET_REQUIRE_ALL=1 forbids skipping", oldErr)
+		}
+		t.Skip(oldErr)
+	}
+	return oldBin
+}
+
+type skipError struct{ why string }
+
+func (e *skipError) Error() string { return e.why }
+
+// statusVersion is the version the control socket's status reports.
+func statusVersion(t *testing.T, ctl string) any {
+	t.Helper()
+	st := controlRequest(t, ctl, `{"command":"status"}`)
+	res, ok := st["result"].(map[string]any)
+	require.True(t, ok, "%v", st)
+	return res["version"]
+}
+
+// replaceBinary puts the binary at src in place of dst, as a package
+// upgrade does: a new file renamed over the old one.
+func replaceBinary(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	require.NoError(t, err)
+	tmp := dst + ".new"
+	require.NoError(t, os.WriteFile(tmp, data, 0o755))
+	require.NoError(t, os.Rename(tmp, dst))
+}
+
+// TestUpgradeFromOldRelease runs the daemon of oldRelease, with waiting
+// clients, one half-sent request, a control socket and a pid file,
+// installs this daemon over its binary and upgrades with SIGUSR2: the new
+// program must take over every client from the old one's description.
+func TestUpgradeFromOldRelease(t *testing.T) {
+	old := oldDaemon(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "one-socket")
+	replaceBinary(t, old, bin)
+	sock, ctl, pidPath := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket"), filepath.Join(dir, "one.pid")
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl, "--pidfile", pidPath)
+	pid := d.pid()
+	require.Equal(t, oldRelease, statusVersion(t, ctl))
+
+	ws := startWaiters(t, sock, 5)
+	halfKey := uniqueKey("half")
+	wire := getPairWire(halfKey, spb.ModeServer)
+	half, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	defer half.Close()
+	_, err = half.Write(wire[:7])
+	require.NoError(t, err)
+	waitWaiting(t, ctl, 5)
+
+	replaceBinary(t, daemonBin, bin)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=6 ")
+	assert.Equal(t, pid, d.pid(), "the same process")
+	assert.Equal(t, testVersion, statusVersion(t, ctl))
+	data, err := os.ReadFile(pidPath)
+	require.NoError(t, err)
+	assert.Equal(t, strconv.Itoa(pid), strings.TrimSpace(string(data)))
+
+	pairWaiters(t, sock, ws)
+	_, err = half.Write(wire[7:])
+	require.NoError(t, err)
+	f, err := spb.GetPair(t.Context(), sock, halfKey, spb.ModeClient)
+	require.NoError(t, err)
+	defer f.Close()
+	g := receiveSetPair(t, half.(*net.UnixConn))
+	defer g.Close()
+	expectConnected(t, f, g)
+
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl, pidPath)
+}
+
+// TestFDStoreRestartFromOldRelease stops oldRelease's daemon into the file
+// descriptor store and starts this one: it must read the stored
+// description and serve every client.
+func TestFDStoreRestartFromOldRelease(t *testing.T) {
+	old := oldDaemon(t)
+	m := newManager(t, true)
+	d1 := m.startBinary(old, "--fdstore")
+	ws := startWaiters(t, m.BrokerPath, 8)
+	waitWaiting(t, m.CtlPath, 8)
+	require.Equal(t, 0, d1.stop(syscall.SIGTERM))
+	assert.Equal(t, "8/0", storedClients(t, d1.stderr.String()))
+
+	d2 := m.start("--fdstore")
+	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=8 stored=8 hung_up=0 unknown=0")
+	pairWaiters(t, m.BrokerPath, ws)
+	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
+}
