@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -48,20 +50,20 @@ func oldDaemon(t *testing.T) string {
 			return
 		}
 		bin := filepath.Join(src, "one-socket")
-		build := exec.Command("go", "build", "-ldflags=-X main.version="+oldRelease, "-o", bin, "./cmd/one-socket")
-		build.Dir = src
-		if out, err := build.CombinedOutput(); err != nil {
-			oldErr = &skipError{"go build of " + oldRelease + ": " + err.Error() + "\n" + string(out)}
+		// A build that fails is a failure, not a skip.
+		if oldErr = testutil.Build(bin, &testutil.BuildOptions{Dir: src, Version: oldRelease}, "./cmd/one-socket"); oldErr != nil {
 			return
 		}
 		oldBin = bin
 	})
-	if oldErr != nil {
+	var skip *skipError
+	if errors.As(oldErr, &skip) {
 		if os.Getenv("ONE_SOCKET_REQUIRE_ALL") == "1" {
 			t.Fatalf("%v, and ONE_SOCKET_REQUIRE_ALL=1 forbids skipping", oldErr)
 		}
 		t.Skip(oldErr)
 	}
+	require.NoError(t, oldErr)
 	return oldBin
 }
 
