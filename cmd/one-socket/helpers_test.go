@@ -45,6 +45,9 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	if spec := os.Getenv(envAttacker); spec != "" {
+		return attacker(spec)
+	}
 	if spec := os.Getenv(envPairHelper); spec != "" {
 		return pairHelper(spec)
 	}
