@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -105,4 +106,178 @@ func TestAttackSocketModeSymlink(t *testing.T) {
 	// The race was run: the attacker got its links in.
 	assert.NotZero(t, swapped, "the attacker never swapped a socket; the test proves nothing")
 	t.Logf("%d sockets of 200 swapped for links; the victim kept its mode", swapped)
+}
+
+// rootFile is a file of root's that no attack may write or change.
+func rootFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "shadow")
+	require.NoError(t, os.WriteFile(p, []byte("root only\n"), 0o600))
+	return p
+}
+
+// requireUntouched fails t if the victim's content or mode changed.
+func requireUntouched(t *testing.T, victim string) {
+	t.Helper()
+	b, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	require.Equal(t, "root only\n", string(b), "the daemon wrote to a file it must not")
+	fi, err := os.Stat(victim)
+	require.NoError(t, err)
+	require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm())
+}
+
+// asAttacker gives path (a file or a link the test made) to attackerUID,
+// as if the attacker had made it.
+func asAttacker(t *testing.T, path string) {
+	t.Helper()
+	require.NoError(t, os.Lchown(path, attackerUID, attackerUID))
+}
+
+// TestAttackLogFile puts what an attacker who may write the log's
+// directory can at the --log-file path, at start and at a SIGHUP after a
+// rotation: a link to a root file, a hard link to it, a file of their own.
+// The daemon writes to none of them.
+func TestAttackLogFile(t *testing.T) {
+	testutil.NeedRoot(t)
+	dir := worldWritableDir(t)
+	victim := rootFile(t)
+	logPath := filepath.Join(dir, "one-socket.log")
+	plant := map[string]func(){
+		"symbolic link": func() { require.NoError(t, os.Symlink(victim, logPath)); asAttacker(t, logPath) },
+		"file of its own": func() {
+			require.NoError(t, os.WriteFile(logPath, nil, 0o666))
+			asAttacker(t, logPath)
+		},
+		"named pipe": func() { require.NoError(t, syscall.Mkfifo(logPath, 0o666)); asAttacker(t, logPath) },
+	}
+	want := map[string]string{
+		"symbolic link":   "a symbolic link; the daemon writes only a file of its own",
+		"file of its own": "owned by uid 1001, not by the daemon's uid 0",
+		"named pipe":      "log file: open " + logPath, // ENXIO: no reader
+	}
+	for name, put := range plant {
+		t.Run("at start: "+name, func(t *testing.T) {
+			os.Remove(logPath)
+			put()
+			code, _, stderr := runDaemon(t, "--socket", sockPath(t), "--log-file", logPath)
+			assert.Equal(t, 1, code)
+			assert.Contains(t, stderr, want[name])
+			requireUntouched(t, victim)
+		})
+		t.Run("at SIGHUP: "+name, func(t *testing.T) {
+			os.Remove(logPath)
+			d := spawn(t, daemonEnv(), "--socket", sockPath(t), "--log-file", logPath)
+			rotated := logPath + ".1"
+			require.Eventually(t, func() bool { return strings.Contains(readFile(t, logPath), "one-socket started") },
+				20*time.Second, 10*time.Millisecond, "no start line")
+			require.NoError(t, os.Rename(logPath, rotated))
+			put()
+			require.NoError(t, d.cmd.Process.Signal(syscall.SIGHUP))
+			require.Eventually(t, func() bool {
+				return strings.Contains(readFile(t, rotated), "cannot reopen the log file; still writing to the old one")
+			}, 20*time.Second, 10*time.Millisecond, "no warning:\n%s", readFile(t, rotated))
+			assert.Contains(t, readFile(t, rotated), want[name])
+			assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+			assert.Contains(t, readFile(t, rotated), "one-socket stopped", "the daemon logged on to the old file")
+			requireUntouched(t, victim)
+		})
+	}
+}
+
+// readFile returns what path holds, or "" if it cannot be read (yet).
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// TestAttackPolicyFile puts at the --policy path what the daemon must not
+// trust, at start and at a reload: a file of another uid's, one its group
+// may write, a link to another uid's file, a named pipe (which once
+// wedged reloads and SIGTERM). The start fails without blocking; a reload
+// keeps the policy in force, and the daemon still stops on SIGTERM.
+func TestAttackPolicyFile(t *testing.T) {
+	testutil.NeedRoot(t)
+	const rules = "allow uid=0\n"
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.conf")
+	theirs := filepath.Join(t.TempDir(), "theirs.conf")
+	require.NoError(t, os.WriteFile(theirs, []byte("allow\n"), 0o644))
+	require.NoError(t, os.Chown(theirs, attackerUID, attackerUID))
+	plant := map[string]func(){
+		"another uid's": func() {
+			writePolicy(t, path, "allow\n")
+			require.NoError(t, os.Chown(path, attackerUID, attackerUID))
+		},
+		"group-writable": func() {
+			writePolicy(t, path, "allow\n")
+			require.NoError(t, os.Chown(path, 0, attackerUID))
+			require.NoError(t, os.Chmod(path, 0o664))
+		},
+		"link to another uid's": func() {
+			tmp := path + ".link"
+			require.NoError(t, os.Symlink(theirs, tmp))
+			require.NoError(t, os.Rename(tmp, path))
+		},
+		"named pipe": func() {
+			tmp := path + ".fifo"
+			require.NoError(t, syscall.Mkfifo(tmp, 0o644))
+			require.NoError(t, os.Rename(tmp, path))
+		},
+	}
+	want := map[string]string{
+		"another uid's":         "owned by uid 1001; only root or the daemon's uid may own it",
+		"group-writable":        "writable by its group or by everyone (mode 0664)",
+		"link to another uid's": "owned by uid 1001",
+		"named pipe":            "a named pipe, not a regular file",
+	}
+	for name, put := range plant {
+		t.Run("at start: "+name, func(t *testing.T) {
+			os.Remove(path)
+			put()
+			code, _, stderr := runDaemon(t, "--socket", sockPath(t), "--policy", path)
+			assert.Equal(t, 1, code)
+			assert.Contains(t, stderr, want[name])
+		})
+		t.Run("at reload: "+name, func(t *testing.T) {
+			os.Remove(path)
+			writePolicy(t, path, rules)
+			sock := sockPath(t)
+			ctl := sock + ".ctl"
+			d := startDaemon(t, sock, "--ctl-socket", ctl, "--policy", path)
+			put()
+			require.NoError(t, d.cmd.Process.Signal(syscall.SIGHUP))
+			assert.Contains(t, d.waitLog("cannot reload the policy; keeping the old one"), want[name])
+			reply := controlRequest(t, ctl, `{"command":"reload"}`)
+			assert.Equal(t, false, reply["ok"])
+			assert.Contains(t, reply["error"], want[name])
+			assert.Equal(t, "policy "+path+": 1 rule (1 allow, 0 deny), default deny", status(t, ctl)["policy"])
+			pairOnce(t, sock)
+			assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+		})
+	}
+}
+
+// TestAttackPidFile checks that a pid file another uid owns is not used:
+// its owner could write any pid into it for a kill -HUP $(cat ...).
+func TestAttackPidFile(t *testing.T) {
+	testutil.NeedRoot(t)
+	dir := worldWritableDir(t)
+	pidPath := filepath.Join(dir, "one-socket.pid")
+	require.NoError(t, os.WriteFile(pidPath, []byte("1\n"), 0o666))
+	asAttacker(t, pidPath)
+	code, _, stderr := runDaemon(t, "--socket", sockPath(t), "--pidfile", pidPath)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "owned by uid 1001, not by the daemon's uid 0")
+	assert.Equal(t, "1\n", readFile(t, pidPath), "the attacker's file is left alone")
+
+	victim := rootFile(t)
+	require.NoError(t, os.Remove(pidPath))
+	require.NoError(t, os.Symlink(victim, pidPath))
+	asAttacker(t, pidPath)
+	code, _, stderr = runDaemon(t, "--socket", sockPath(t), "--pidfile", pidPath)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "a symbolic link")
+	requireUntouched(t, victim)
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/safefile"
 )
 
 // logFileMode is the mode of a log file the daemon creates: debug lines
@@ -43,9 +45,11 @@ func (l *logFile) Write(p []byte) (int, error) {
 }
 
 // Reopen opens the path again and writes to it from now on. On failure
-// the old file stays in use.
+// the old file stays in use. Only a regular file of the daemon's own is
+// opened (safefile.OpenOwn): whoever may write the log's directory must
+// not make the daemon append to another file.
 func (l *logFile) Reopen() error {
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, logFileMode)
+	f, err := safefile.OpenOwn(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, logFileMode)
 	if err != nil {
 		return fmt.Errorf("log file: %w", err)
 	}

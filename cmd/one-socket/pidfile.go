@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/safefile"
 )
 
 // pidFile is a pid file this process holds: created (or taken over) and
@@ -37,12 +38,16 @@ func createPidFile(path string) (*pidFile, error) {
 	// old file in between would lock an orphan. So after locking, check
 	// that the path still leads to the locked file, and try again if not.
 	for range 10 {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
+		// Only a file of the daemon's own: its owner could otherwise
+		// write any pid in it for logrotate's kill -HUP $(cat ...).
+		f, err := safefile.OpenOwn(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("pid file: %w", err)
 		}
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			b, _ := os.ReadFile(path)
+			b := make([]byte, 32)
+			n, _ := f.ReadAt(b, 0)
+			b = b[:n]
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				if pid, perr := strconv.Atoi(string(bytes.TrimSpace(b))); perr == nil && pid > 0 {

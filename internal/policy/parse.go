@@ -5,8 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/one-socket/one-socket/internal/safefile"
 	"io"
-	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -51,25 +51,17 @@ var (
 	}
 )
 
-// Load reads the policy file at path. It refuses a file that is not
-// regular or that everyone may write: the policy would be only as strong
-// as that file's permissions.
+// Load reads the policy file at path. The policy is only as strong as
+// the file's permissions: it refuses, without blocking, a file that is
+// not regular, or that anyone but root or the daemon's uid owns or may
+// write, or that lies in a directory another user could change
+// (safefile.OpenTrusted).
 func Load(path string) (*Policy, error) {
-	f, err := os.Open(path)
+	f, err := safefile.OpenTrusted(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	if fi.Mode().Perm()&0o002 != 0 {
-		return nil, fmt.Errorf("%s: writable by everyone (mode %#o); refusing it as a policy", path, fi.Mode().Perm())
-	}
 	return Parse(path, f)
 }
 

@@ -163,10 +163,10 @@ func TestLoad(t *testing.T) {
 
 	require.NoError(t, os.Chmod(path, 0o666))
 	_, err = policy.Load(path)
-	assert.EqualError(t, err, path+": writable by everyone (mode 0666); refusing it as a policy")
+	assert.EqualError(t, err, path+": unsafe file: writable by its group or by everyone (mode 0666)")
 
 	_, err = policy.Load(dir)
-	assert.EqualError(t, err, dir+": not a regular file")
+	assert.EqualError(t, err, dir+": unsafe file: a directory, not a regular file")
 
 	_, err = policy.Load(filepath.Join(dir, "missing"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
