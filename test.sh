@@ -76,13 +76,15 @@ step python python3 -m unittest discover -s python/tests -t python
 step pkg-versions test/packaging/versions.sh
 step deb test/packaging/deb.sh
 step rpm test/packaging/rpm.sh
-# Short fuzz runs of the wire decoder and the policy parser; a finding is
+# Short fuzz runs of the wire decoder, the policy parser and the control
+# protocol's request decoder; a finding is
 # saved under the package's testdata/fuzz and replayed by every go test.
 # The budgets are counts (about 15 s each here), not durations: with a
 # duration, Go 1.26's fuzzing coordinator can fail a run that found
 # nothing with "context deadline exceeded" (go.dev/issue/75804).
 step fuzz go test -run='^$' -fuzz=FuzzDecodeValidate -fuzztime=400000x -fuzzminimizetime=500x ./libspbroker/
 step fuzz-policy go test -run='^$' -fuzz=FuzzParse -fuzztime=400000x -fuzzminimizetime=500x ./internal/policy/
+step fuzz-control go test -run='^$' -fuzz=FuzzDecodeRequest -fuzztime=300000x -fuzzminimizetime=500x ./internal/control/
 
 echo
 if [ ${#skipped[@]} -gt 0 ]; then

@@ -340,7 +340,8 @@ func abstractName() string {
 func startBroker(t *testing.T, path string) *broker {
 	t.Helper()
 	b := &broker{path: path, done: make(chan struct{})}
-	b.cmd = exec.Command(daemonBin(t), "--socket", path, "--log-level", "warn")
+	// An abstract socket has no mode; these tests accept that.
+	b.cmd = exec.Command(daemonBin(t), "--socket", path, "--log-level", "warn", "--open-abstract")
 	b.cmd.Stderr = &b.stderr
 	b.cmd.Stdout = &b.stderr
 	require.NoError(t, b.cmd.Start())

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,6 +49,22 @@ func attacker(spec string) int {
 				}
 			}
 		}
+	case "control":
+		// Send one request to the control socket and print the reply.
+		c, err := net.Dial("unix", args[1])
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer c.Close()
+		fmt.Fprintln(c, args[2])
+		reply, err := io.ReadAll(c)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		os.Stdout.Write(reply)
+		return 0
 	}
 	fmt.Fprintf(os.Stderr, "unknown attack %q\n", args[0])
 	return 2
@@ -280,4 +300,52 @@ func TestAttackPidFile(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "a symbolic link")
 	requireUntouched(t, victim)
+}
+
+// attack runs one attack as attackerUID to its end and returns what it
+// printed.
+func attack(t *testing.T, o *openDir, attack ...string) string {
+	t.Helper()
+	cmd := exec.Command(o.helper)
+	cmd.Dir = o.dir
+	cmd.Env = append(os.Environ(), envAttacker+"="+strings.Join(attack, "\n"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
+	out, err := cmd.Output()
+	require.NoError(t, err, "%s", out)
+	return string(out)
+}
+
+// TestAttackControlSocket sends every command that changes something to
+// an abstract control socket, which any uid can connect to, as uid 1001:
+// each is denied and logged, and the daemon serves on. --ctl-allow-uid
+// lets that uid in.
+func TestAttackControlSocket(t *testing.T) {
+	testutil.NeedRoot(t)
+	o := newOpenDir(t)
+	sock := sockPath(t)
+	ctl := fmt.Sprintf("@one-socket-attack-%d", os.Getpid())
+	d := startDaemon(t, sock, "--ctl-socket", ctl)
+	ws := startWaiters(t, sock, 1)
+	for _, req := range []string{
+		`{"command":"stop"}`, `{"command":"upgrade"}`, `{"command":"log-level","level":"debug"}`,
+		`{"command":"reload"}`, `{"command":"list"}`, `{"command":"status"}`,
+		fmt.Sprintf(`{"command":"drop","key":%q}`, base64.StdEncoding.EncodeToString(ws[0].key)),
+	} {
+		reply := attack(t, o, "control", ctl, req)
+		assert.Contains(t, reply, "permission denied: uid 1001 may not use the control socket", req)
+	}
+	assert.Contains(t, d.waitLog("control: request denied: the peer's uid is not allowed"), "peer_uid=1001")
+	select {
+	case <-d.done:
+		t.Fatal("the daemon stopped")
+	default:
+	}
+	assert.EqualValues(t, 1, status(t, ctl)["waiting"], "the waiter was dropped")
+	assert.Equal(t, "info", status(t, ctl)["log_level"])
+	pairWaiters(t, sock, ws)
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+
+	d = startDaemon(t, sockPath(t), "--ctl-socket", ctl, "--ctl-allow-uid", strconv.Itoa(attackerUID))
+	assert.Contains(t, attack(t, o, "control", ctl, `{"command":"status"}`), `"ok":true`)
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 }

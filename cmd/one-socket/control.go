@@ -34,6 +34,7 @@ func (d *instance) startControl() {
 		Policy:        d.policy.current,
 		Upgrade:       d.requestUpgrade,
 	}), d.log)
+	srv.Allow(d.cfg.ctlAllow...)
 	served := make(chan error, 1)
 	ln := d.ctl.ln
 	go func() { served <- srv.Serve(ln) }()

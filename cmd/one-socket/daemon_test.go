@@ -283,10 +283,17 @@ func TestAbstractSocket(t *testing.T) {
 	name := fmt.Sprintf("@one-socket-test-%d-%d", os.Getpid(), time.Now().UnixNano())
 	dir := t.TempDir()
 	t.Chdir(dir) // nothing may appear in the working directory
-	d := startDaemon(t, name)
+	code, _, stderr := runDaemon(t, "--socket", name)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "an abstract socket lets every user in the network namespace connect, and without --policy pair with any key")
+	code, _, stderr = runDaemon(t, "--socket", name, "--open-abstract", "--socket-mode", "0600")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "--socket-mode cannot apply to an abstract socket")
+
+	d := startDaemon(t, name, "--open-abstract")
 	pairOnce(t, name)
 
-	code, _, stderr := runDaemon(t, "--socket", name)
+	code, _, stderr = runDaemon(t, "--socket", name, "--open-abstract")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "another broker is listening on "+name)
 	pairOnce(t, name)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os/user"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ type config struct {
 	maxWait          time.Duration // 0: no limit
 	socketGroup      string        // --socket-group, empty to leave the group alone
 	fdstore          bool          // --fdstore: keep clients in systemd's store across a restart
+	ctlAllow         uidList       // --ctl-allow-uid: who may use the control socket besides root and the daemon's uid
+	openAbstract     bool          // --open-abstract: an abstract broker socket without a policy
+	socketModeSet    bool          // --socket-mode was given
 	version          bool
 }
 
@@ -87,6 +91,10 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set.BoolVar(&cfg.fdstore, "fdstore", false, "at a stop, hand waiting clients to systemd's file descriptor store,\n"+
 		"which gives them back at the next start (needs FileDescriptorStoreMax=;\n"+
 		"on by itself when systemd sets $FDSTORE)")
+	set.Var(&cfg.ctlAllow, "ctl-allow-uid", "let the users `USERS` (names or uids, comma-separated) use the control\n"+
+		"socket too; root and the daemon's own user always may")
+	set.BoolVar(&cfg.openAbstract, "open-abstract", false, "accept an abstract broker socket (@name) without --policy, although\n"+
+		"every user in the network namespace may then pair with any key")
 	set.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	// The flag package calls Usage both for --help and after printing an
 	// error; the full text goes to stdout for --help only, and a mistake
@@ -107,8 +115,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	set.Visit(func(f *flag.Flag) {
-		if f.Name == "ctl-socket" {
+		switch f.Name {
+		case "ctl-socket":
 			cfg.ctlSocketSet = true
+		case "socket-mode":
+			cfg.socketModeSet = true
 		}
 	})
 	if set.NArg() > 0 {
@@ -225,6 +236,41 @@ func (l *levelValue) Set(s string) error {
 		*l = levelValue(slog.LevelError)
 	default:
 		return fmt.Errorf("unknown level %q: want debug, info, warn or error", s)
+	}
+	return nil
+}
+
+// uidList is a flag.Value for users given by name or uid, comma-separated,
+// in one flag or several.
+type uidList []uint32
+
+func (u *uidList) String() string {
+	var s []string
+	for _, uid := range *u {
+		s = append(s, strconv.FormatUint(uint64(uid), 10))
+	}
+	return strings.Join(s, ",")
+}
+
+func (u *uidList) Set(v string) error {
+	for name := range strings.SplitSeq(v, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+			*u = append(*u, uint32(n))
+			continue
+		}
+		usr, err := user.Lookup(name)
+		if err != nil {
+			return fmt.Errorf("%q is neither a uid nor a user: %w", name, err)
+		}
+		n, err := strconv.ParseUint(usr.Uid, 10, 32)
+		if err != nil {
+			return fmt.Errorf("user %q has uid %q: %w", name, usr.Uid, err)
+		}
+		*u = append(*u, uint32(n))
 	}
 	return nil
 }

@@ -20,11 +20,15 @@ func TestParseFlags(t *testing.T) {
 	}, cfg, "defaults")
 
 	cfg, err = parseFlags([]string{"--socket", "/s", "--socket-mode", "600", "--log-level", "DEBUG",
-		"--handshake-timeout", "250ms", "--max-conns", "7", "--version"}, io.Discard, io.Discard)
+		"--handshake-timeout", "250ms", "--max-conns", "7", "--version",
+		"--ctl-allow-uid", "1001,root", "--ctl-allow-uid", "7", "--open-abstract"}, io.Discard, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, &config{
 		socket:           "/s",
 		socketMode:       0o600,
+		socketModeSet:    true,
+		ctlAllow:         uidList{1001, 0, 7},
+		openAbstract:     true,
 		logLevel:         slog.LevelDebug,
 		handshakeTimeout: 250e6,
 		maxConns:         7,

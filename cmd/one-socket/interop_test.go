@@ -71,7 +71,7 @@ func TestInteropRawClients(t *testing.T) {
 		{"abstract none-none", fmt.Sprintf("@one-socket-interop-%d", os.Getpid()), [2]string{"none", "none"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			d := startDaemon(t, tt.path)
+			d := startDaemon(t, tt.path, "--open-abstract")
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			key := string(uniqueKey("interop"))

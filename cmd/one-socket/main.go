@@ -201,6 +201,9 @@ func (d *instance) run(stderr io.Writer) int {
 	if err := d.policy.start(cfg.policy, boot.ho != nil, log); err != nil {
 		return d.fail(fmt.Errorf("policy: %w", err), "policy", cfg.policy)
 	}
+	if err := d.checkAbstract(); err != nil {
+		return d.fail(err, "socket", d.sock.path)
+	}
 	gid := -1
 	if cfg.socketGroup != "" {
 		switch {
@@ -537,4 +540,22 @@ func (d *instance) ready() {
 // notifyFailed logs a message the service manager did not get.
 func (d *instance) notifyFailed(err error) {
 	d.log.Warn("cannot notify the service manager", "err", err)
+}
+
+// checkAbstract refuses an abstract broker socket set up as if it had a
+// file: it has no mode, so anyone in the network namespace can connect,
+// and without a policy pair with any key.
+func (d *instance) checkAbstract() error {
+	if d.activated || !isAbstract(d.sock.path) {
+		return nil
+	}
+	if d.cfg.socketModeSet {
+		return errors.New("--socket-mode cannot apply to an abstract socket, which has no file: " +
+			"every user in the network namespace can connect to it; use --policy to decide who may pair")
+	}
+	if d.policy.path == "" && !d.cfg.openAbstract {
+		return errors.New("an abstract socket lets every user in the network namespace connect, and " +
+			"without --policy pair with any key: give --policy, or --open-abstract to accept that")
+	}
+	return nil
 }

@@ -17,3 +17,6 @@ func (s *Server) Reading() int {
 	defer s.mu.Unlock()
 	return len(s.reading)
 }
+
+// DecodeRequest is decodeRequest, for the fuzz target.
+var DecodeRequest = decodeRequest

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -59,6 +60,8 @@ type Server struct {
 	timeout    time.Duration
 	maxClients int
 
+	allowed []uint32 // the uids that may use the socket, besides root
+
 	mu       sync.Mutex
 	ln       *net.UnixListener
 	serving  bool
@@ -69,10 +72,13 @@ type Server struct {
 	wg       sync.WaitGroup             // Serve's loop and every client's goroutine
 	refusals rateLimit
 	failures rateLimit
+	denials  rateLimit
 }
 
 // NewServer returns a Server that answers requests with h and logs to log
-// (nil discards).
+// (nil discards). Only root and the process's own uid may use it until
+// Allow adds others: a socket's file mode is not enough, since an abstract
+// socket has none and a passed one may have any.
 func NewServer(h Handler, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -80,6 +86,7 @@ func NewServer(h Handler, log *slog.Logger) *Server {
 	return &Server{
 		h:          h,
 		log:        log,
+		allowed:    []uint32{uint32(os.Geteuid())},
 		timeout:    RequestTimeout,
 		maxClients: MaxClients,
 		closing:    make(chan struct{}),
@@ -160,6 +167,22 @@ func (s *Server) Close() error {
 	return err
 }
 
+// Allow lets the users with these uids use the control socket too. It
+// must be called before Serve.
+func (s *Server) Allow(uids ...uint32) {
+	s.allowed = append(s.allowed, uids...)
+}
+
+// permitted reports whether the peer of c may send requests, and its
+// credentials.
+func (s *Server) permitted(c *net.UnixConn) (*unix.Ucred, bool) {
+	cred := peerCred(c)
+	if cred == nil {
+		return nil, false
+	}
+	return cred, cred.Uid == 0 || slices.Contains(s.allowed, cred.Uid)
+}
+
 func (s *Server) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -199,9 +222,39 @@ func (s *Server) refuse(c *net.UnixConn) {
 	}
 }
 
+// deny answers c, whose peer may not use the socket, and closes it without
+// reading its request.
+func (s *Server) deny(c *net.UnixConn, cred *unix.Ucred) {
+	msg := "permission denied: the peer's credentials are unknown"
+	args := []any{}
+	if cred != nil {
+		msg = fmt.Sprintf("permission denied: uid %d may not use the control socket", cred.Uid)
+		args = append(args, "peer_pid", cred.Pid, "peer_uid", cred.Uid, "peer_gid", cred.Gid)
+	}
+	c.SetWriteDeadline(time.Now().Add(refuseTimeout))
+	writeReply(c, errorReply(msg))
+	// Unread bytes at close would reset the connection and could lose
+	// the reply: take what the peer sent, for a moment, unanswered.
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(refuseTimeout))
+	io.Copy(io.Discard, io.LimitReader(c, MaxRequestSize))
+	c.Close()
+	if n, ok := s.denials.allow(); ok {
+		s.log.Warn("control: request denied: the peer's uid is not allowed", append(args, "denied", n)...)
+	}
+}
+
 // serveConn reads c's request, answers it and closes c.
 func (s *Server) serveConn(c *net.UnixConn) {
 	defer s.wg.Done()
+	if cred, ok := s.permitted(c); !ok {
+		s.deny(c, cred)
+		s.mu.Lock()
+		delete(s.reading, c)
+		s.active--
+		s.mu.Unlock()
+		return
+	}
 	line, err := s.readRequest(c)
 	s.mu.Lock()
 	delete(s.reading, c)
@@ -270,20 +323,9 @@ func (s *Server) readRequest(c *net.UnixConn) ([]byte, error) {
 // handle decodes and carries out one request. It returns the reply and,
 // for "stop", the work to do once the reply is sent.
 func (s *Server) handle(c *net.UnixConn, line []byte) (rep reply, after func()) {
-	var req Request
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return errorReply("malformed request: " + err.Error()), nil
-	}
-	if len(bytes.TrimSpace(line[dec.InputOffset():])) > 0 {
-		return errorReply("malformed request: data after the JSON object"), nil
-	}
-	if req.Key != nil && req.Command != CmdDrop {
-		return errorReply(fmt.Sprintf("%q takes no key", req.Command)), nil
-	}
-	if req.Level != "" && req.Command != CmdLogLevel {
-		return errorReply(fmt.Sprintf("%q takes no level", req.Command)), nil
+	req, err := decodeRequest(line)
+	if err != nil {
+		return errorReply(err.Error()), nil
 	}
 	defer func() {
 		if p := recover(); p != nil {
@@ -348,6 +390,69 @@ func (s *Server) handle(c *net.UnixConn, line []byte) (rep reply, after func()) 
 	return errorReply(fmt.Sprintf("unknown command %q", req.Command)), nil
 }
 
+// decodeRequest decodes one request line strictly: one JSON object, no
+// field twice, none unknown, and only the fields its command takes.
+func decodeRequest(line []byte) (Request, error) {
+	var req Request
+	if err := checkFields(line); err != nil {
+		return req, fmt.Errorf("malformed request: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("malformed request: %w", err)
+	}
+	if len(bytes.TrimSpace(line[dec.InputOffset():])) > 0 {
+		return req, errors.New("malformed request: data after the JSON object")
+	}
+	if req.Key != nil && req.Command != CmdDrop {
+		return req, fmt.Errorf("%q takes no key", req.Command)
+	}
+	if req.Level != "" && req.Command != CmdLogLevel {
+		return req, fmt.Errorf("%q takes no level", req.Command)
+	}
+	return req, nil
+}
+
+// requestFields are the names of Request's fields, exactly.
+var requestFields = []string{"command", "key", "level"}
+
+// checkFields fails if the JSON object in line names a field twice, or
+// names one in any spelling but Request's own. encoding/json keeps the
+// last of two and matches names regardless of case, so that
+// {"command":"status","Command":"stop"} would pass a check of the first
+// and stop the daemon. Anything that is not an object is left to the
+// decoder's error.
+func checkFields(line []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		k, ok := t.(string)
+		if !ok {
+			return nil
+		}
+		switch {
+		case !slices.Contains(requestFields, k):
+			return fmt.Errorf("json: unknown field %q", k)
+		case seen[k]:
+			return fmt.Errorf("field %q given twice", k)
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
 // debug logs a read-only request at debug level.
 func (s *Server) debug(c *net.UnixConn, command string) {
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -360,9 +465,9 @@ func (s *Server) audit(c *net.UnixConn, msg string, args ...any) {
 	s.log.Info(msg, append(args, peerAttrs(c)...)...)
 }
 
-// peerAttrs returns the peer's pid, uid and gid as log attributes, or
-// nothing if the kernel would not say.
-func peerAttrs(c *net.UnixConn) []any {
+// peerCred returns the credentials of c's peer, or nil if the kernel
+// would not say.
+func peerCred(c *net.UnixConn) *unix.Ucred {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil
@@ -371,6 +476,13 @@ func peerAttrs(c *net.UnixConn) []any {
 	rc.Control(func(fd uintptr) {
 		cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	})
+	return cred
+}
+
+// peerAttrs returns the peer's pid, uid and gid as log attributes, or
+// nothing if the kernel would not say.
+func peerAttrs(c *net.UnixConn) []any {
+	cred := peerCred(c)
 	if cred == nil {
 		return nil
 	}

@@ -106,6 +106,12 @@ func TestMalformedRequests(t *testing.T) {
 		{"key where none belongs", `{"command":"status","key":"YQ=="}` + "\n", `"status" takes no key`},
 		{"level where none belongs", `{"command":"list","level":"debug"}` + "\n", `"list" takes no level`},
 		{"nothing at all", "", "empty request"},
+		// The decoder keeps the last of two: a check of the first must
+		// not let the second through.
+		{"command twice", `{"command":"status","command":"stop"}` + "\n", `field "command" given twice`},
+		{"key twice", `{"command":"drop","key":"YQ==","key":"Yg=="}` + "\n", `field "key" given twice`},
+		{"command twice, in two cases", `{"command":"status","Command":"stop"}` + "\n", `unknown field "Command"`},
+		{"command twice, escaped", `{"command":"status","comman\u0064":"stop"}` + "\n", `field "command" given twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := dialRaw(t, s.path)

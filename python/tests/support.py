@@ -122,6 +122,9 @@ class Daemon:
             env = clean_env()
             env["NOTIFY_SOCKET"] = notify_path
             args = [bins["one-socket"], "--socket", self.path, "--ctl-socket", self.ctl, "--log-level", "debug"]
+            if abstract:
+                # An abstract socket has no mode; the test accepts that.
+                args.append("--open-abstract")
             self._log = open(self.log_path, "wb")
             self.proc = subprocess.Popen(
                 args + list(extra_args or []),
