@@ -71,3 +71,29 @@ func requestTo(t *testing.T, path, key string, mode libspbroker.Mode) *client {
 	c.send(getPair(key, mode))
 	return c
 }
+
+// TestHandedWaiterHangUp checks that a waiter handed over after a long
+// wait, whose deadlines fall before the new engine started, is watched:
+// its hang-up is seen at once, and no newcomer is paired with it.
+func TestHandedWaiterHangUp(t *testing.T) {
+	e := startBroker(t, nil)
+	w := e.park(t, "gone", libspbroker.ModeServer)
+	e.waitWaiting(t, 1)
+	st, err := e.Handover()
+	require.NoError(t, err)
+	require.Len(t, st.Conns, 1)
+	st.Conns[0].Since = time.Hour // waited long before the hand-over
+
+	next, err := broker.New(nil)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- next.ServeState(st) }()
+	t.Cleanup(func() {
+		next.Shutdown()
+		<-served
+	})
+	require.Eventually(t, func() bool { return next.Stats().Waiting == 1 }, time.Minute, time.Millisecond)
+	w.close()
+	require.Eventually(t, func() bool { s := next.Stats(); return s.Vanished == 1 && s.Waiting == 0 },
+		time.Minute, time.Millisecond, "the hang-up of a handed-over waiter went unseen")
+}

@@ -15,8 +15,9 @@ import (
 
 // The engine is one goroutine around one epoll instance. Measured designs
 // (doc/performance.md) showed that a goroutine per connection costs ~6 KB
-// per waiting client and half the throughput; this loop keeps a few dozen
-// bytes per client plus its key, and does the following per pairing:
+// per waiting client and half the throughput; this loop keeps an 88-byte
+// record per client plus its key (about 350 bytes a waiting client in all,
+// with 32-byte keys, by bench/run.sh), and does the following per pairing:
 //
 //   - one accept4 per listener event (a second call would only fail);
 //   - peek at the GET_PAIR right after accept, so a client whose peer is
@@ -92,7 +93,9 @@ type loop struct {
 }
 
 // newLoop makes the loop's epoll instance, eventfd and spare descriptor,
-// all its own, and registers listener lfd and the eventfd with epoll.
+// all its own, and registers listener lfd and the eventfd with epoll. The
+// loop owns lfd from then on; on error it does not, and closes nothing of
+// the caller's.
 func newLoop(b *Broker, lfd int) (*loop, error) {
 	l := &loop{
 		b: b, lfd: lfd, epfd: -1, wakeFD: -1, spareFD: -1,
@@ -108,24 +111,27 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 	}
 	l.peek.init()
 	l.send.init()
+	// On failure lfd stays the caller's, who closes it.
+	fail := func(err error) (*loop, error) {
+		l.lfd = -1
+		l.close()
+		return nil, err
+	}
 	var err error
 	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
+		return fail(os.NewSyscallError("epoll_create1", err))
 	}
 	if l.wakeFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
-		l.close()
-		return nil, os.NewSyscallError("eventfd", err)
+		return fail(os.NewSyscallError("eventfd", err))
 	}
 	l.spareFD = openSpare()
 	// The listener is level-triggered: one accept per event, and the next
 	// epoll_wait reports it again while connections are queued.
 	if err := l.ctl(unix.EPOLL_CTL_ADD, lfd, unix.EPOLLIN, 0); err != nil {
-		l.close()
-		return nil, err
+		return fail(err)
 	}
 	if err := l.ctl(unix.EPOLL_CTL_ADD, l.wakeFD, unix.EPOLLIN, 0); err != nil {
-		l.close()
-		return nil, err
+		return fail(err)
 	}
 	return l, nil
 }
@@ -248,31 +254,29 @@ func (l *loop) poll(fd int32) {
 	c.polled = true
 }
 
-// timeout returns the epoll_wait timeout in ms: until the next deadline.
+// timeout returns the epoll_wait timeout in ms: until the next deadline,
+// or -1 for none. A deadline may be negative, before the loop started, for
+// a client adopted after a hand-over: it is due now, not absent.
 func (l *loop) timeout() int {
-	next := int64(-1)
+	next, have := int64(0), false
+	earliest := func(d int64) {
+		if !have || d < next {
+			next, have = d, true
+		}
+	}
 	if l.pending.head != noFD {
-		next = l.conns[l.pending.head].since + int64(pollDelay)
+		earliest(l.conns[l.pending.head].since + int64(pollDelay))
 	}
 	if l.reading.head != noFD {
-		d := l.conns[l.reading.head].since + int64(l.b.handshake)
-		if next < 0 || d < next {
-			next = d
-		}
+		earliest(l.conns[l.reading.head].since + int64(l.b.handshake))
 	}
 	if l.b.maxWait > 0 && l.waiting.head != noFD {
-		d := l.conns[l.waiting.head].since + int64(l.b.maxWait)
-		if next < 0 || d < next {
-			next = d
-		}
+		earliest(l.conns[l.waiting.head].since + int64(l.b.maxWait))
 	}
 	if l.pausedAt != 0 {
-		d := l.pausedAt + int64(listenPause)
-		if next < 0 || d < next {
-			next = d
-		}
+		earliest(l.pausedAt + int64(listenPause))
 	}
-	if next < 0 {
+	if !have {
 		return -1
 	}
 	wait := next - l.clock()
