@@ -20,15 +20,44 @@ type Authorizer interface {
 	Authorize(p Peer, key []byte, mode libspbroker.Mode) error
 }
 
-// SetAuthorizer replaces the access decision for requests from now on; nil
-// allows everything. Clients already waiting keep their place: they were
-// allowed when they asked. Safe from any goroutine.
+// SetAuthorizer replaces the access decision; nil allows everything. It
+// applies to requests from now on and to the clients already waiting: a
+// policy that no longer allows one must not let it be paired, so those are
+// disconnected and counted as denied. Safe from any goroutine.
 func (b *Broker) SetAuthorizer(a Authorizer) {
 	if a == nil {
 		b.auth.Store(nil)
 		return
 	}
 	b.auth.Store(&a)
+	b.post(func(l *loop) { l.recheckWaiters(a) })
+}
+
+// recheckWaiters disconnects the waiting clients that a no longer allows.
+func (l *loop) recheckWaiters(a Authorizer) {
+	dropped := 0
+	for fd := range l.conns {
+		c := &l.conns[fd]
+		if c.state != stWaiting {
+			continue
+		}
+		p, err := peerOf(int32(fd))
+		if err == nil {
+			if err = a.Authorize(p, []byte(c.key), c.mode); err == nil {
+				continue
+			}
+		}
+		l.b.stats.denied.Add(1)
+		dropped++
+		if l.debug {
+			l.b.log.Debug("waiting client no longer allowed", "pid", p.PID, "uid", p.UID, "gid", p.GID,
+				"mode", c.mode, "key", keyForLog([]byte(c.key)), "reason", err)
+		}
+		l.drop(int32(fd))
+	}
+	if dropped > 0 {
+		l.b.log.Warn("waiting clients disconnected: the new policy does not allow them", "dropped", dropped)
+	}
 }
 
 // peerOf asks the kernel for fd's peer credentials.

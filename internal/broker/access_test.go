@@ -70,6 +70,24 @@ func TestAuthorizerDenies(t *testing.T) {
 	bl.verify(t)
 }
 
+// TestSetAuthorizerRechecksWaiters checks that a new policy applies to the
+// clients already waiting: one it no longer allows is disconnected and
+// counted as denied, and cannot be paired; the others keep their place.
+func TestSetAuthorizerRechecksWaiters(t *testing.T) {
+	e := startBroker(t, nil)
+	bl := snapshot(t, e)
+	banned := e.park(t, "banned", libspbroker.ModeServer)
+	kept := e.park(t, "kept", libspbroker.ModeServer)
+	e.waitWaiting(t, 2)
+
+	e.SetAuthorizer(&denyKeys{deny: map[string]bool{"banned": true}})
+	banned.expectClosed()
+	banned.close()
+	e.waitStats(t, "Denied == 1, Waiting == 1", func(s broker.Stats) bool { return s.Denied == 1 && s.Waiting == 1 })
+	pairBoth(t, kept, e.request(t, "kept", libspbroker.ModeClient))
+	bl.verify(t)
+}
+
 func TestMaxWait(t *testing.T) {
 	const maxWait = 300 * time.Millisecond
 	e := startBroker(t, &broker.Config{MaxWait: maxWait})
