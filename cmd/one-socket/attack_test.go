@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/one-socket/one-socket/internal/testutil"
+	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
 // The attacks of a hostile local user on a root daemon. The attacker runs
@@ -348,4 +350,26 @@ func TestAttackControlSocket(t *testing.T) {
 	d = startDaemon(t, sockPath(t), "--ctl-socket", ctl, "--ctl-allow-uid", strconv.Itoa(attackerUID))
 	assert.Contains(t, attack(t, o, "control", ctl, `{"command":"status"}`), `"ok":true`)
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// TestAttackLogForgery asks for a key made to forge a log line and to run
+// a command where a line is pasted into a shell: the daemon's log shows it
+// escaped, on the one line of the denial.
+func TestAttackLogForgery(t *testing.T) {
+	policyPath := filepath.Join(t.TempDir(), "policy.conf")
+	writePolicy(t, policyPath, "allow key=ok\n")
+	sock := sockPath(t)
+	d := startDaemon(t, sock, "--policy", policyPath)
+	key := []byte("x\ntime=2026-01-01T00:00:00Z level=ERROR msg=\"forged\" $(reboot)")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := spb.GetPair(ctx, sock, key, spb.ModeClient)
+	require.Error(t, err)
+	line := d.waitLog("request denied")
+	assert.Contains(t, line, `key=x\x0atime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3d\x22forged\x22\x20\x24\x28reboot\x29 `)
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
+		assert.NotContains(t, l, "forged\"", "a forged field: %q", l)
+		assert.False(t, strings.HasPrefix(l, "time=2026-01-01"), "a forged line: %q", l)
+	}
 }

@@ -3,6 +3,8 @@ package broker
 import (
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/logsafe"
+
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -51,7 +53,7 @@ func (l *loop) recheckWaiters(a Authorizer) {
 		dropped++
 		if l.debug {
 			l.b.log.Debug("waiting client no longer allowed", "pid", p.PID, "uid", p.UID, "gid", p.GID,
-				"mode", c.mode, "key", keyForLog([]byte(c.key)), "reason", err)
+				"mode", c.mode, "key", logsafe.Key([]byte(c.key)), "reason", err)
 		}
 		l.drop(int32(fd))
 	}
@@ -91,44 +93,11 @@ func (l *loop) admit(fd int32, mode libspbroker.Mode, key []byte) bool {
 	if err := (*ap).Authorize(p, key, mode); err != nil {
 		l.b.stats.denied.Add(1)
 		l.b.log.Warn("request denied", "pid", p.PID, "uid", p.UID, "gid", p.GID,
-			"mode", mode, "key", keyForLog(key), "reason", err)
+			"mode", mode, "key", logsafe.Key(key), "reason", err)
 		l.drop(fd)
 		return false
 	}
 	return true
-}
-
-// keyForLog shows a key as text when it is printable, else in hex, cut
-// to a length that keeps a log line a line.
-func keyForLog(key []byte) string {
-	const max = 64
-	cut := key
-	if len(cut) > max {
-		cut = cut[:max]
-	}
-	printable := true
-	for _, c := range cut {
-		if c < 0x20 || c > 0x7e {
-			printable = false
-			break
-		}
-	}
-	var s string
-	if printable {
-		s = string(cut)
-	} else {
-		const digits = "0123456789abcdef"
-		b := make([]byte, 0, 2+2*len(cut))
-		b = append(b, "0x"...)
-		for _, c := range cut {
-			b = append(b, digits[c>>4], digits[c&15])
-		}
-		s = string(b)
-	}
-	if len(key) > max {
-		s += "..."
-	}
-	return s
 }
 
 // overQuota reports whether fd's user already has as many clients waiting

@@ -5,6 +5,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/logsafe"
+
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -73,7 +75,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			return
 		}
 		if l.debug {
-			l.b.log.Debug("paired", "key", string(key), "mode", mode)
+			l.b.log.Debug("paired", "key", logsafe.Key(key), "mode", mode)
 		}
 		return
 	}
@@ -117,7 +119,7 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 		l.listOn(fd, onPending)
 	}
 	if l.debug {
-		l.b.log.Debug("client waiting", "fd", fd, "key", string(key), "mode", mode)
+		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode)
 	}
 }
 

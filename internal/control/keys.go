@@ -1,7 +1,6 @@
 package control
 
 import (
-	"encoding/hex"
 	"unicode"
 	"unicode/utf8"
 )
@@ -18,13 +17,4 @@ func KeyText(key []byte) string {
 		}
 	}
 	return string(key)
-}
-
-// printableKey returns key as text when KeyText allows, else as "0x" and
-// its hexadecimal digits, for logs and messages.
-func printableKey(key []byte) string {
-	if t := KeyText(key); t != "" {
-		return t
-	}
-	return "0x" + hex.EncodeToString(key)
 }

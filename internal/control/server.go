@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/logsafe"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -358,7 +359,7 @@ func (s *Server) handle(c *net.UnixConn, line []byte) (rep reply, after func()) 
 		if err != nil {
 			return errorReply(err.Error()), nil
 		}
-		s.audit(c, "control: dropped waiting clients", "key", printableKey(req.Key), "dropped", n)
+		s.audit(c, "control: dropped waiting clients", "key", logsafe.Key(req.Key), "dropped", n)
 		return okReply(DropResult{Dropped: n}), nil
 	case CmdLogLevel:
 		if req.Level == "" {
