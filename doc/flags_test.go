@@ -28,6 +28,9 @@ var hiddenDaemonFlags = map[string]*regexp.Regexp{
 	// The probe an upgrade runs on the new binary: it prints the version
 	// of the handover format.
 	"handover-version": regexp.MustCompile(`^\d+\n$`),
+	// The other probe: whether the new binary would start with the
+	// daemon's flags; alone, it checks the defaults and prints nothing.
+	"handover-check": regexp.MustCompile(`^$`),
 }
 
 var (

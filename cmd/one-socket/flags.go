@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/one-socket/one-socket/internal/broker"
 	"github.com/one-socket/one-socket/internal/paths"
+	"github.com/one-socket/one-socket/internal/policy"
+	"github.com/one-socket/one-socket/internal/safefile"
 )
 
 // The variables that name the sockets when the flags do not; the original
@@ -273,4 +276,32 @@ func (u *uidList) Set(v string) error {
 		*u = append(*u, uint32(n))
 	}
 	return nil
+}
+
+// checkConfig is the daemon run with handover.CheckFlag: it checks that a
+// start with args would get past its configuration (the flags, the
+// policy, the log file) and starts nothing. It prints what is wrong, and
+// returns 0 or, as a start would, 2 or 1.
+func checkConfig(args []string, stderr io.Writer) int {
+	cfg, err := parseFlags(args, io.Discard, stderr)
+	if err != nil {
+		return 2
+	}
+	if cfg.policy != "" {
+		if _, err := policy.Load(cfg.policy); err != nil {
+			fmt.Fprintf(stderr, "one-socket: policy: %v\n", err)
+			return 1
+		}
+	}
+	if cfg.logFile != "" {
+		f, err := safefile.OpenOwn(cfg.logFile, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(stderr, "one-socket: %v\n", err)
+			return 1
+		}
+		if f != nil {
+			f.Close()
+		}
+	}
+	return 0
 }

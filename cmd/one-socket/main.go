@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,27 +48,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, handover.Version)
 		return 0
 	}
-	cfg, err := parseFlags(args, stdout, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		return 2
-	}
-	if cfg.version {
-		fmt.Fprintf(stdout, "one-socket %s\n", versionString())
-		return 0
+	if len(args) > 0 && args[0] == handover.CheckFlag {
+		// Hidden: an upgrade asks the new binary whether it would start.
+		return checkConfig(args[1:], stderr)
 	}
 
 	// What the environment hands over is taken, and the variables unset,
-	// first of all: nothing this process starts may inherit them.
-	boot := &startup{}
-	if boot.report, err = takeStartReport(); err != nil {
-		fmt.Fprintf(stderr, "one-socket: %v\n", err)
-		return 1
-	}
+	// first of all: nothing this process starts may inherit them. A
+	// program taking over from an upgrade takes the State first, so that
+	// whatever fails from then on until it serves gives it back.
+	boot := &startup{fallback: handover.TakeFallback(), failed: os.Getenv(handover.EnvFailed)}
+	os.Unsetenv(handover.EnvFailed)
+	var err error
 	if boot.ho, err = handover.Take(); err != nil {
 		fmt.Fprintf(stderr, "one-socket: cannot take over: %v\n", err)
+		return 1
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			boot.giveBack(fmt.Errorf("the new program panicked: %v", p), nil)
+			panic(p)
+		}
+	}()
+	cfg, err := parseFlags(args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) && boot.ho == nil {
+		return 0
+	}
+	if err != nil {
+		boot.giveBack(fmt.Errorf("the new program does not take the command line: %w", err), nil)
+		return 2
+	}
+	if cfg.version && boot.ho == nil {
+		fmt.Fprintf(stdout, "one-socket %s\n", versionString())
+		return 0
+	}
+	if boot.report, err = takeStartReport(); err != nil {
+		fmt.Fprintf(stderr, "one-socket: %v\n", err)
 		return 1
 	}
 	boot.act, boot.actErr = takeActivated(os.Getpid())
@@ -134,7 +150,9 @@ type socket struct {
 type startup struct {
 	act      *activated         // sockets and stored clients from the service manager, or nil
 	report   *startReport       // the pipe to a --detach parent, or nil
-	ho       *handover.State    // what the previous program handed over, or nil
+	ho       *handover.State    // what the previous program handed over, until it serves them; or nil
+	fallback handover.Fallback  // the previous program, to give ho back to
+	failed   string             // why a new program gave the clients back to this one, or ""
 	restored *handover.Restored // the clients taken back from the store, or nil
 	// Found before the log exists, reported once it does.
 	actErr, notifyErr, exeErr error
@@ -154,16 +172,29 @@ func (d *instance) run(stderr io.Writer) int {
 	// The log first, so that every later failure is logged where the
 	// operator asked; errors found so far are reported once it exists.
 	var logw io.Writer = stderr
+	var logErr error
 	if cfg.logFile != "" {
 		lf, err := openLogFile(cfg.logFile, boot.report != nil)
-		if err != nil {
+		switch {
+		case err == nil:
+			d.logf, logw = lf, lf
+		case boot.ho != nil:
+			// The clients are here already: serve them, logging to
+			// standard error, rather than lose them for the log.
+			logErr = err
+		default:
 			d.log = slog.New(slog.NewTextHandler(stderr, nil))
 			return d.fail(err)
 		}
-		d.logf, logw = lf, lf
 	}
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
+	if logErr != nil {
+		log.Error("cannot reopen the log file after the upgrade; logging to standard error", "err", logErr)
+	}
+	if boot.failed != "" && boot.ho != nil {
+		log.Error("the new program could not start; this one took the clients back", "reason", boot.failed)
+	}
 	for _, err := range []error{boot.actErr, pathErr} {
 		if err != nil {
 			return d.fail(err)
@@ -201,7 +232,10 @@ func (d *instance) run(stderr io.Writer) int {
 	if err := d.policy.start(cfg.policy, boot.ho != nil, log); err != nil {
 		return d.fail(fmt.Errorf("policy: %w", err), "policy", cfg.policy)
 	}
-	if err := d.checkAbstract(); err != nil {
+	if err := d.checkAbstract(); err != nil && boot.ho != nil {
+		// Accepted by the program before: a restart would refuse it.
+		log.Warn("a start would refuse this socket", "socket", d.sock.path, "err", err)
+	} else if err != nil {
 		return d.fail(err, "socket", d.sock.path)
 	}
 	gid := -1
@@ -217,10 +251,14 @@ func (d *instance) run(stderr io.Writer) int {
 			}
 		}
 	}
+	maxConns, err := d.maxConns()
+	if err != nil {
+		return d.fail(err)
+	}
 	d.bcfg = broker.Config{
 		Logger:           log,
 		HandshakeTimeout: cfg.handshakeTimeout,
-		MaxConns:         cfg.maxConns,
+		MaxConns:         maxConns,
 		MaxWaitingPerUID: cfg.maxWaitingPerUID,
 		MaxWait:          cfg.maxWait,
 	}
@@ -429,6 +467,10 @@ func (d *instance) removeSockets() {
 // the --detach parent and the service manager) and returns the exit
 // status 1. args are added to the log line.
 func (d *instance) fail(err error, args ...any) int {
+	if d.boot.ho != nil {
+		d.log.Error("the new program cannot start; giving the clients back to the previous one", append(args, "err", err)...)
+		d.boot.giveBack(err, d.notify.Env())
+	}
 	d.log.Error("cannot start", append(args, "err", err)...)
 	d.shutdown()
 	boot := d.boot
@@ -558,4 +600,43 @@ func (d *instance) checkAbstract() error {
 			"without --policy pair with any key: give --policy, or --open-abstract to accept that")
 	}
 	return nil
+}
+
+// maxConns is the connection limit: --max-conns, or derived from the
+// descriptor limit. The clients an upgrade or the store passed are open
+// already and would count as overhead: they are added back, so that the
+// limit after a restart is the limit before it.
+func (d *instance) maxConns() (int, error) {
+	if d.cfg.maxConns > 0 {
+		return d.cfg.maxConns, nil
+	}
+	// The descriptors the previous program opened after it took its
+	// limit (its sockets, pid file and clients), and the fallback's.
+	inherited := 0
+	if ho := d.boot.ho; ho != nil {
+		inherited = len(ho.FDs())
+		if d.boot.fallback.FD >= 0 {
+			inherited++
+		}
+	}
+	if r := d.boot.restored; r != nil {
+		inherited += len(r.Conns)
+	}
+	return broker.MaxConnsBesides(inherited)
+}
+
+// giveBack executes the previous program's binary with the State it
+// handed over, when this program took over by an upgrade and cannot
+// serve: the clients go back rather than away. It returns only when there
+// is nothing to give back or the exec failed. env is added to the
+// environment (the notify socket, once it was taken from it).
+func (s *startup) giveBack(why error, env []string) {
+	if s.ho == nil || s.fallback.FD < 0 {
+		return
+	}
+	reason := strings.ReplaceAll(why.Error(), "\n", " ")
+	env = append(handover.WithoutEnv(os.Environ(), handover.EnvFailed, "NOTIFY_SOCKET"),
+		append(env, handover.EnvFailed+"="+reason)...)
+	err := handover.Exec(s.ho, "", s.fallback.FD, s.fallback.Args, env)
+	fmt.Fprintf(os.Stderr, "one-socket: cannot give the clients back: %v\n", err)
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,9 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,6 +65,9 @@ func (d *instance) checkUpgrade(trigger string) error {
 		if _, _, perr := d.policy.load(); perr != nil {
 			err = fmt.Errorf("the policy does not load, and the new program would have to: %w", perr)
 		}
+	}
+	if err == nil {
+		err = d.checkNewConfig()
 	}
 	if err != nil {
 		d.log.Warn("upgrade refused", "trigger", trigger, "err", err)
@@ -161,43 +164,41 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 	for _, c := range st.Conns {
 		h.Conns = append(h.Conns, handover.FromEngine(c))
 	}
-	fds := h.FDs()
-	mfd, err := h.Memfd("one-socket-handover", false)
+	// The new program gives the clients back to this binary, by its
+	// descriptor, if it cannot serve them.
+	self, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("writing the handover: %w", err)
+		return fmt.Errorf("opening this binary for a fallback: %w", os.NewSyscallError("open", err))
 	}
-	defer unix.Close(mfd)
-	// Across exec: the description and every descriptor it names.
-	fds = append(fds, mfd)
-	if err := setCloexec(fds, false); err != nil {
-		setCloexec(fds, true)
-		return err
-	}
-	env := []string{handover.EnvVar + "=" + strconv.Itoa(mfd)}
+	defer unix.Close(self)
+	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET"),
+		handover.FallbackEnv(self, os.Args)...)
 	// Unset at start; the new program needs it for READY=1.
 	env = append(env, d.notify.Env()...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, handover.EnvVar+"=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
-			env = append(env, kv)
-		}
-	}
-	err = syscall.Exec(d.exe, os.Args, env)
-	setCloexec(fds, true)
-	return fmt.Errorf("exec %s: %w", d.exe, err)
+	return handover.Exec(h, d.exe, -1, os.Args, env, self)
 }
 
-// setCloexec sets or clears FD_CLOEXEC on every fd.
-func setCloexec(fds []int, on bool) error {
-	flag := 0
-	if on {
-		flag = unix.FD_CLOEXEC
+// checkNewConfig runs the new binary with CheckFlag and this daemon's
+// flags: it must say it would start with them (flags, policy, log file)
+// before anything is handed over. A binary older than CheckFlag cannot
+// say, and is let through on its version check alone.
+func (d *instance) checkNewConfig() error {
+	ctx, cancel := context.WithTimeout(context.Background(), versionCheckTimeout)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, d.exe, append([]string{handover.CheckFlag}, os.Args[1:]...)...)
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s %s: no answer within %v", d.exe, handover.CheckFlag, versionCheckTimeout)
+	case err == nil:
+		return nil
+	case strings.Contains(stderr.String(), "flag provided but not defined: -"+strings.TrimLeft(handover.CheckFlag, "-")):
+		d.log.Warn("the new binary cannot check its configuration before the upgrade (it is older than this one)", "exe", d.exe)
+		return nil
 	}
-	for _, fd := range fds {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, flag); err != nil {
-			return fmt.Errorf("descriptor %d: %w", fd, os.NewSyscallError("fcntl", err))
-		}
-	}
-	return nil
+	return fmt.Errorf("the new program would not start: %s", strings.TrimSpace(stderr.String()))
 }
 
 // resume serves st (and the control socket on ctlFD, if not -1) with a new
@@ -252,7 +253,8 @@ func (d *instance) brokerConfig() *broker.Config {
 // adopt is run's second half after an upgrade: it serves what the previous
 // program handed over instead of creating sockets and the pid file.
 func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
-	h := d.boot.ho
+	boot := d.boot
+	h := boot.ho
 	d.boot = nil
 	d.activated = h.Activated
 	d.sock, d.ctlSock = handedSocket(h.Socket), handedSocket(h.CtlSocket)
@@ -270,6 +272,11 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	st := &broker.State{Listener: h.Listener}
 	for _, c := range h.Conns {
 		st.Conns = append(st.Conns, c.Engine(c.FD))
+	}
+	// Served from now on: nothing is given back any more.
+	boot.ho = nil
+	if boot.fallback.FD >= 0 {
+		unix.Close(boot.fallback.FD)
 	}
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.b.ServeState(st) }()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -224,7 +225,9 @@ func TestUpgradeRefused(t *testing.T) {
 
 	// A binary that passes the check and is gone at the exec: the daemon
 	// serves the same clients again, control socket included.
-	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\necho 1\nrm -f \"$0\"\n"), 0o755))
+	// (Its configuration check removes it.)
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\n"+
+		"case \"$1\" in --handover-version) echo 1;; --handover-check) rm -f \"$0\";; esac\n"), 0o755))
 	reply = controlRequest(t, ctl, `{"command":"upgrade"}`)
 	assert.Equal(t, true, reply["ok"], "%v", reply)
 	d.waitLogCount("upgrade failed; serving on", 1)
@@ -353,7 +356,7 @@ func TestUpgradeRefusedBadPolicy(t *testing.T) {
 	// allow them again once the policy is fixed and reloaded.
 	writePolicy(t, policyPath, good)
 	script := fmt.Sprintf("#!/bin/sh\n"+
-		"[ \"$1\" = --handover-version ] && exec %[1]q \"$1\"\n"+
+		"case \"$1\" in --handover-version|--handover-check) exec %[1]q \"$@\";; esac\n"+
 		"printf 'allow key=[\\n' >%[2]q\n"+
 		"exec %[1]q \"$@\"\n", daemonBin, policyPath)
 	require.NoError(t, os.Remove(bin))
@@ -373,5 +376,124 @@ func TestUpgradeRefusedBadPolicy(t *testing.T) {
 	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGHUP))
 	d.waitLogCount("policy reloaded", 1)
 	pairWaiters(t, sock, ws[1:])
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// newProgram writes, at bin, a script that passes the upgrade's checks by
+// running the real daemon and then, for the start itself, runs the real
+// daemon with extra flags: a new program that fails as it starts.
+func newProgram(t *testing.T, bin string, startFlags string) {
+	t.Helper()
+	script := fmt.Sprintf("#!/bin/sh\n"+
+		"case \"$1\" in --handover-version|--handover-check) exec %[1]q \"$@\";; esac\n"+
+		"exec %[1]q \"$@\" %[2]s\n", daemonBin, startFlags)
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
+}
+
+// TestUpgradeGivesBack upgrades to a program that passes every check and
+// then cannot start: it must give the clients back to the previous binary,
+// by its descriptor (its file is replaced), which serves them on.
+func TestUpgradeGivesBack(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl)
+	pid := d.pid()
+	ws := startWaiters(t, sock, 3)
+	waitWaiting(t, ctl, 3)
+
+	newProgram(t, bin, "--max-conns=-1")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	line := d.waitLog("the new program could not start; this one took the clients back")
+	assert.Contains(t, line, "--max-conns must be 0 (derived) or more")
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=3 ")
+	assert.Equal(t, pid, d.pid())
+	waitWaiting(t, ctl, 3)
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl)
+}
+
+// TestUpgradeRefusedConfig upgrades to a binary that would not start with
+// the daemon's flags: the new program's own check refuses it before
+// anything is handed over.
+func TestUpgradeRefusedConfig(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl)
+	ws := startWaiters(t, sock, 1)
+	script := fmt.Sprintf("#!/bin/sh\n"+
+		"[ \"$1\" = --handover-version ] && exec %[1]q \"$1\"\n"+
+		"exec %[1]q \"$@\" --no-such-flag\n", daemonBin)
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
+	reply := controlRequest(t, ctl, `{"command":"upgrade"}`)
+	assert.Equal(t, false, reply["ok"])
+	assert.Contains(t, reply["error"], "the new program would not start")
+	assert.Contains(t, reply["error"], "flag provided but not defined: -no-such-flag")
+	pairWaiters(t, sock, ws)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// TestUpgradeKeepsLimit checks that the connection limit derived from the
+// descriptor limit is the same after an upgrade as before, with clients
+// taken over (the new program once counted them as its own overhead).
+func TestUpgradeKeepsLimit(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl)
+	before := status(t, ctl)["max_conns"]
+	ws := startWaiters(t, sock, 200)
+	waitWaiting(t, ctl, 200)
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Equal(t, before, status(t, ctl)["max_conns"])
+	pairWaiters(t, sock, ws)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// TestUpgradeWhenFull fills the broker to its connection limit with
+// silent clients and upgrades: the new program must take them all over
+// with the same limit (it once found no room left and exited, losing
+// every client).
+func TestUpgradeWhenFull(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	bin := copyDaemon(t, dir)
+	cmd := exec.Command("sh", "-c", `ulimit -n 256 && exec "$@"`, "sh", bin,
+		"--socket", sock, "--ctl-socket", ctl, "--handshake-timeout", "5m")
+	cmd.Env = daemonEnv()
+	d := start(t, cmd, sock, "one-socket")
+	d.waitAccepting()
+	limit := int(status(t, ctl)["max_conns"].(float64))
+	require.Less(t, limit, 256)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for len(held) < limit {
+		c, err := net.Dial("unix", sock)
+		require.NoError(t, err)
+		held = append(held, c)
+	}
+	require.Eventually(t, func() bool { return status(t, ctl)["conns"] == float64(limit) }, time.Minute, 10*time.Millisecond)
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), fmt.Sprintf("msg=upgraded clients=%d ", limit))
+	st := status(t, ctl)
+	assert.EqualValues(t, limit, st["max_conns"])
+	assert.EqualValues(t, limit, st["conns"])
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	require.Eventually(t, func() bool { return status(t, ctl)["conns"] == float64(0) }, time.Minute, 10*time.Millisecond)
+	pairOnce(t, sock)
 	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
 }

@@ -121,7 +121,13 @@ func New(cfg *Config) (*Broker, error) {
 
 // DefaultMaxConns is the connection limit used when Config.MaxConns is zero:
 // the soft RLIMIT_NOFILE less the descriptors open now and a reserve.
-func DefaultMaxConns() (int, error) {
+func DefaultMaxConns() (int, error) { return MaxConnsBesides(0) }
+
+// MaxConnsBesides is DefaultMaxConns for a process that holds inherited
+// descriptors it does not count as overhead: those of the clients (and
+// sockets) a previous program handed over, so that the limit after a
+// restart is the limit before it.
+func MaxConnsBesides(inherited int) (int, error) {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, os.NewSyscallError("getrlimit", err)
@@ -130,7 +136,7 @@ func DefaultMaxConns() (int, error) {
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		open = len(ents)
 	}
-	n := int(min(rl.Cur, 1<<30)) - open - reservedFDs
+	n := int(min(rl.Cur, 1<<30)) - max(open-inherited, 0) - reservedFDs
 	if n < 1 {
 		return 0, fmt.Errorf("broker: RLIMIT_NOFILE of %d leaves no room for clients", rl.Cur)
 	}
