@@ -30,7 +30,8 @@ func TestAbandonedConnections(t *testing.T) {
 	path := sockPath(t)
 	// A long handshake timeout: the test is about clients that leave, not
 	// about the broker timing them out while the others connect.
-	d := startDaemon(t, path, "--handshake-timeout", "10m")
+	// One user holds them all: no per-user share.
+	d := startDaemon(t, path, "--handshake-timeout", "10m", "--max-conns-per-uid", "-1")
 	pid := d.pid()
 	base := stableFDCount(t, pid)
 

@@ -50,6 +50,7 @@ type config struct {
 	maxConns         int
 	policy           string        // --policy, empty for none
 	maxWaitingPerUID int           // 0: no limit
+	maxConnsPerUID   int           // 0: half of max-conns; -1: none
 	maxWait          time.Duration // 0: no limit
 	socketGroup      string        // --socket-group, empty to leave the group alone
 	fdstore          bool          // --fdstore: keep clients in systemd's store across a restart
@@ -88,6 +89,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set.IntVar(&cfg.maxConns, "max-conns", 0, "accept at most `N` client connections at once;\n0 derives N from the descriptor limit")
 	set.StringVar(&cfg.policy, "policy", "", "decide who may ask for which keys by the policy file `FILE`;\n"+
 		"SIGHUP or 'one-socketctl reload' rereads it")
+	set.IntVar(&cfg.maxConnsPerUID, "max-conns-per-uid", 0, "let each user (by uid) hold at most `N` connections, sending or waiting;\n"+
+		"0 means half of --max-conns, -1 no limit; when the broker is full, the\n"+
+		"user holding the most loses its newest unfinished connection first")
 	set.IntVar(&cfg.maxWaitingPerUID, "max-waiting-per-uid", 0, "let each user (by uid) have at most `N` clients waiting;\n0 means no limit")
 	set.DurationVar(&cfg.maxWait, "max-wait", 0, "disconnect a client that has waited `DURATION` for its peer;\n0 means no limit")
 	set.StringVar(&cfg.socketGroup, "socket-group", "", "give the socket file to `GROUP` (a name or a number) after bind")
@@ -133,6 +137,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	}
 	if cfg.maxConns < 0 {
 		return bad("--max-conns must be 0 (derived) or more, not %d", cfg.maxConns)
+	}
+	if cfg.maxConnsPerUID < -1 {
+		return bad("--max-conns-per-uid must be -1 (no limit), 0 (half of --max-conns) or more, not %d", cfg.maxConnsPerUID)
 	}
 	if cfg.maxWaitingPerUID < 0 {
 		return bad("--max-waiting-per-uid must be 0 (no limit) or more, not %d", cfg.maxWaitingPerUID)

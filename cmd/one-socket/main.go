@@ -260,6 +260,7 @@ func (d *instance) run(stderr io.Writer) int {
 		HandshakeTimeout: cfg.handshakeTimeout,
 		MaxConns:         maxConns,
 		MaxWaitingPerUID: cfg.maxWaitingPerUID,
+		MaxConnsPerUID:   cfg.maxConnsPerUID,
 		MaxWait:          cfg.maxWait,
 	}
 	d.b, err = broker.New(d.brokerConfig())
@@ -432,7 +433,7 @@ func (d *instance) serve(sigs, hups, usr2 chan os.Signal) int {
 	log.Info("one-socket stopped", "reason", why,
 		"accepted", s.Accepted, "paired", s.Paired, "refused", s.Refused,
 		"timed_out", s.TimedOut, "vanished", s.Vanished, "protocol_errors", protoErrs,
-		"denied", s.Denied, "over_quota", s.OverQuota, "expired", s.Expired)
+		"denied", s.Denied, "over_quota", s.OverQuota, "expired", s.Expired, "shed", s.Shed)
 	d.removePidFile()
 	return status
 }
@@ -513,7 +514,7 @@ func (d *instance) logStarted(nofile uint64) {
 	if d.cfg.maxWait > 0 {
 		args = append(args, "max_wait", d.cfg.maxWait)
 	}
-	args = append(args, "max_conns", d.b.MaxConns(), "nofile", nofile,
+	args = append(args, "max_conns", d.b.MaxConns(), "max_conns_per_uid", d.b.MaxConnsPerUID(), "nofile", nofile,
 		"handshake_timeout", d.cfg.handshakeTimeout, "pid", os.Getpid(), "version", versionString())
 	d.log.Info("one-socket started", args...)
 }

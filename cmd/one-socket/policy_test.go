@@ -68,7 +68,7 @@ type openDir struct {
 	helper string
 }
 
-func newOpenDir(t *testing.T) *openDir {
+func newOpenDir(t testing.TB) *openDir {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "one-socket-policy-")
 	require.NoError(t, err)

@@ -465,7 +465,7 @@ func TestUpgradeWhenFull(t *testing.T) {
 	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
 	bin := copyDaemon(t, dir)
 	cmd := exec.Command("sh", "-c", `ulimit -n 256 && exec "$@"`, "sh", bin,
-		"--socket", sock, "--ctl-socket", ctl, "--handshake-timeout", "5m")
+		"--socket", sock, "--ctl-socket", ctl, "--handshake-timeout", "5m", "--max-conns-per-uid", "-1")
 	cmd.Env = daemonEnv()
 	d := start(t, cmd, sock, "one-socket")
 	d.waitAccepting()

@@ -30,13 +30,67 @@ func (l *loop) accept() {
 		return
 	}
 	l.b.stats.accepted.Add(1)
-	if l.nconns >= l.b.maxConns {
+	var uid uint32
+	if l.b.maxUIDConns > 0 {
+		cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil {
+			unix.Close(fd)
+			l.refused("cannot read a client's credentials", "err", os.NewSyscallError("getsockopt", err))
+			return
+		}
+		uid = cred.Uid
+		if int(l.byUID[uid]) >= l.b.maxUIDConns {
+			unix.Close(fd)
+			l.refused("a user holds its whole share of connections", "uid", uid, "limit", l.b.maxUIDConns)
+			return
+		}
+	}
+	if l.nconns >= l.b.maxConns && !l.shed(uid) {
 		unix.Close(fd)
 		l.refused("connection limit reached", "limit", l.b.maxConns)
 		return
 	}
-	l.track(fd, l.now)
+	l.track(fd, l.now, uid)
 	l.readRequest(int32(fd), false, false)
+}
+
+// shed makes room for a connection of user uid when the broker is full:
+// it closes the newest handshake of the user holding the most
+// connections, unless that is uid itself or holds no more than uid. It
+// reports whether it made room. A flood of connections that never finish
+// their request thus costs the flooder its own newest ones, and another
+// user still gets in.
+func (l *loop) shed(uid uint32) bool {
+	if l.b.maxUIDConns == 0 {
+		return false
+	}
+	top, most := uid, l.byUID[uid]
+	for u, n := range l.byUID {
+		if n > most {
+			top, most = u, n
+		}
+	}
+	if top == uid {
+		return false
+	}
+	// Newest first: the handshake list is in accept order.
+	if l.reading.head == noFD {
+		return false
+	}
+	tail := l.conns[l.reading.head].links[deadlineLink].prev
+	for fd := tail; ; fd = l.conns[fd].links[deadlineLink].prev {
+		if l.conns[fd].uid == top {
+			l.b.stats.shed.Add(1)
+			if l.debug {
+				l.b.log.Debug("shedding a handshake to make room", "fd", fd, "uid", top, "for_uid", uid)
+			}
+			l.drop(fd)
+			return true
+		}
+		if fd == l.reading.head {
+			return false
+		}
+	}
 }
 
 // refuseNoRoom handles an accept that failed for lack of descriptors or

@@ -56,10 +56,18 @@ type Config struct {
 	Authorizer Authorizer
 
 	// MaxConns caps open client connections (handshaking plus waiting).
-	// Past it, new connections are accepted and closed at once. Zero means
-	// the soft RLIMIT_NOFILE minus the descriptors already open and a small
-	// reserve.
+	// Past it, a new connection makes room by shedding the newest
+	// handshake of the user holding the most connections, or is closed at
+	// once if that user is its own. Zero means the soft RLIMIT_NOFILE
+	// minus the descriptors already open and a small reserve.
 	MaxConns int
+
+	// MaxConnsPerUID caps the connections of every kind (handshaking or
+	// waiting) one user may hold, so that no user can fill the broker
+	// with clients that never finish their request. Zero means half of
+	// MaxConns; negative means no cap, and no per-user shedding either
+	// (which saves reading each client's credentials).
+	MaxConnsPerUID int
 }
 
 // ErrClosed is returned by Serve after Shutdown.
@@ -72,8 +80,11 @@ type Broker struct {
 	handshake time.Duration
 	maxConns  int
 	maxPerUID int
-	maxWait   time.Duration
-	auth      atomic.Pointer[Authorizer]
+	// maxUIDConns caps each user's connections; 0 when users are not
+	// told apart (MaxConnsPerUID < 0).
+	maxUIDConns int
+	maxWait     time.Duration
+	auth        atomic.Pointer[Authorizer]
 
 	stats counters
 
@@ -116,6 +127,12 @@ func New(cfg *Config) (*Broker, error) {
 		}
 		b.maxConns = n
 	}
+	switch {
+	case cfg.MaxConnsPerUID > 0:
+		b.maxUIDConns = cfg.MaxConnsPerUID
+	case cfg.MaxConnsPerUID == 0:
+		b.maxUIDConns = max(b.maxConns/2, 1)
+	}
 	return b, nil
 }
 
@@ -142,6 +159,9 @@ func MaxConnsBesides(inherited int) (int, error) {
 	}
 	return n, nil
 }
+
+// MaxConnsPerUID returns the cap on each user's connections, 0 for none.
+func (b *Broker) MaxConnsPerUID() int { return b.maxUIDConns }
 
 // MaxConns returns the connection limit in force.
 func (b *Broker) MaxConns() int { return b.maxConns }

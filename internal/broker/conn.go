@@ -25,7 +25,7 @@ type conn struct {
 	since    int64          // ns since loop start: accepted, or parked
 	partial  *reqBuf        // a request arriving in pieces, consumed so far
 	gen      uint32         // bumped per accept; tags epoll events
-	uid      uint32         // peer's uid, read only when a policy or quota needs it
+	uid      uint32         // peer's uid, read at accept unless users are not told apart
 	links    [numLinks]link // on the lists of list.go
 	got      uint16         // bytes in partial
 	consumed uint16         // bytes of the stream the request took, if consumed
@@ -46,9 +46,9 @@ func (l *loop) connAt(fd int) *conn {
 	return &l.conns[fd]
 }
 
-// track makes fd, just accepted or adopted, a client still sending its
-// request and counts it. The loop owns fd from then on.
-func (l *loop) track(fd int, since int64) *conn {
+// track makes fd, just accepted or adopted, a client of user uid still
+// sending its request and counts it. The loop owns fd from then on.
+func (l *loop) track(fd int, since int64, uid uint32) *conn {
 	c := l.connAt(fd)
 	c.gen++
 	c.state = stReading
@@ -56,8 +56,12 @@ func (l *loop) track(fd int, since int64) *conn {
 	c.polled = false
 	c.links = unlinked
 	c.consumed = 0
+	c.uid = uid
 	l.nconns++
 	l.b.stats.conns.Add(1)
+	if l.b.maxUIDConns > 0 {
+		l.byUID[uid]++
+	}
 	return c
 }
 
@@ -67,6 +71,11 @@ func (l *loop) forget(c *conn) {
 	c.state = stFree
 	l.nconns--
 	l.b.stats.conns.Add(-1)
+	if l.b.maxUIDConns > 0 {
+		if l.byUID[c.uid]--; l.byUID[c.uid] <= 0 {
+			delete(l.byUID, c.uid)
+		}
+	}
 }
 
 // drop closes client connection fd, whatever its state.

@@ -140,8 +140,15 @@ func (l *loop) adopt(st *State) {
 		fd := int32(h.FD)
 		unix.CloseOnExec(h.FD)
 		unix.SetNonblock(h.FD, true)
-		c := l.track(h.FD, l.now-int64(h.Since))
-		c.uid = h.UID
+		// The uid as the kernel says: the previous engine may not have
+		// needed it, and handed over whatever its table held.
+		uid := h.UID
+		if l.b.maxUIDConns > 0 {
+			if cred, err := unix.GetsockoptUcred(h.FD, unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+				uid = cred.Uid
+			}
+		}
+		c := l.track(h.FD, l.now-int64(h.Since), uid)
 		c.consumed = uint16(min(max(h.Consumed, 0), libspbroker.MessageSize))
 		if h.Waiting {
 			if err := libspbroker.CheckKey(h.Key); err != nil || libspbroker.CheckMode(h.Mode) != nil {

@@ -63,7 +63,8 @@ func TestManyWaitersNoEviction(t *testing.T) {
 // Clients still handshaking count against the limit as waiters do.
 func TestConnectionLimit(t *testing.T) {
 	const limit = 50
-	e := startBroker(t, &broker.Config{MaxConns: limit})
+	// One user here: the per-user share (TestFairShare) is off.
+	e := startBroker(t, &broker.Config{MaxConns: limit, MaxConnsPerUID: -1})
 	require.Equal(t, limit, e.MaxConns())
 	bl := snapshot(t, e)
 

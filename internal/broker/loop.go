@@ -74,8 +74,9 @@ type loop struct {
 	nconns int
 
 	reading, pending fdList
-	waiting          fdList         // parked clients in park order, when MaxWait is set
-	perUID           map[uint32]int // waiting clients per uid, when MaxWaitingPerUID is set
+	waiting          fdList           // parked clients in park order, when MaxWait is set
+	perUID           map[uint32]int   // waiting clients per uid, when MaxWaitingPerUID is set
+	byUID            map[uint32]int32 // connections per uid, when users are told apart
 
 	events   []unix.EpollEvent
 	ev       unix.EpollEvent
@@ -108,6 +109,7 @@ func newLoop(b *Broker, lfd int) (*loop, error) {
 		pending: newList(deadlineLink),
 		waiting: newList(maxWaitLink),
 		perUID:  make(map[uint32]int),
+		byUID:   make(map[uint32]int32),
 	}
 	l.peek.init()
 	l.send.init()

@@ -57,7 +57,8 @@ func kindOf(err error) ProtocolErrorKind {
 type Stats struct {
 	Accepted  uint64 // connections accepted (refused ones included)
 	Paired    uint64 // pairs handed out (two clients each)
-	Refused   uint64 // connections closed at once for lack of room
+	Refused   uint64 // connections closed at once for lack of room, or over their user's MaxConnsPerUID
+	Shed      uint64 // handshakes closed to make room for another user's connection
 	TimedOut  uint64 // clients that did not send a whole GET_PAIR in time
 	Vanished  uint64 // waiting clients that hung up before being paired
 	Denied    uint64 // requests the Authorizer refused
@@ -82,7 +83,7 @@ func (s *Stats) ProtocolErrorsByName() map[string]uint64 {
 // counters are written by the loop goroutine and read by Stats.
 type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
-	denied, overQuota, expired                    atomic.Uint64
+	denied, overQuota, expired, shed              atomic.Uint64
 	waiting, conns                                atomic.Int64
 	protocol                                      [numErrKinds]atomic.Uint64
 }
@@ -94,6 +95,7 @@ func (b *Broker) Stats() Stats {
 		Accepted:  c.accepted.Load(),
 		Paired:    c.paired.Load(),
 		Refused:   c.refused.Load(),
+		Shed:      c.shed.Load(),
 		TimedOut:  c.timedOut.Load(),
 		Vanished:  c.vanished.Load(),
 		Denied:    c.denied.Load(),

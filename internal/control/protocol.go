@@ -57,9 +57,10 @@ type Status struct {
 	ControlSocket string  `json:"control_socket"`
 	LogLevel      string  `json:"log_level"`
 
-	MaxConns int `json:"max_conns"` // the broker's connection limit
-	Conns    int `json:"conns"`     // open client connections now
-	Waiting  int `json:"waiting"`   // clients waiting for a peer now
+	MaxConns       int `json:"max_conns"`         // the broker's connection limit
+	MaxConnsPerUID int `json:"max_conns_per_uid"` // each user's share of it, 0 for no cap
+	Conns          int `json:"conns"`             // open client connections now
+	Waiting        int `json:"waiting"`           // clients waiting for a peer now
 
 	// Totals since the daemon started; see doc/one-socket.md, Logging.
 	AcceptedTotal  uint64            `json:"accepted_total"`
@@ -72,6 +73,7 @@ type Status struct {
 	DeniedTotal    uint64 `json:"denied_total"`     // requests the policy refused
 	OverQuotaTotal uint64 `json:"over_quota_total"` // requests refused by --max-waiting-per-uid
 	ExpiredTotal   uint64 `json:"expired_total"`    // waiters disconnected after --max-wait
+	ShedTotal      uint64 `json:"shed_total"`       // handshakes closed to let another user in
 
 	// Policy summarises the access policy in force, "none" without one.
 	Policy string `json:"policy"`
