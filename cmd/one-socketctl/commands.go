@@ -122,10 +122,15 @@ func writeStatus(w io.Writer, st *control.Status) {
 	line("broker socket", st.Socket)
 	line("control socket", st.ControlSocket)
 	line("log level", st.LogLevel)
-	line("connections", fmt.Sprintf("%d open, %d waiting, limit %d", st.Conns, st.Waiting, st.MaxConns))
+	limit := fmt.Sprintf("limit %d", st.MaxConns)
+	if st.MaxConnsPerUID > 0 {
+		limit += fmt.Sprintf(", %d per user", st.MaxConnsPerUID)
+	}
+	line("connections", fmt.Sprintf("%d open, %d waiting, %s", st.Conns, st.Waiting, limit))
 	line("accepted", st.AcceptedTotal)
 	line("paired", st.PairedTotal)
 	line("refused", st.RefusedTotal)
+	line("shed", st.ShedTotal)
 	line("timed out", st.TimedOutTotal)
 	line("vanished", st.VanishedTotal)
 	line("denied", st.DeniedTotal)
