@@ -32,13 +32,12 @@ func (l *loop) accept() {
 	l.b.stats.accepted.Add(1)
 	var uid uint32
 	if l.b.maxUIDConns > 0 {
-		cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil {
+		var e unix.Errno
+		if uid, e = l.peerUID(fd); e != 0 {
 			unix.Close(fd)
-			l.refused("cannot read a client's credentials", "err", os.NewSyscallError("getsockopt", err))
+			l.refused("cannot read a client's credentials", "err", os.NewSyscallError("getsockopt", e))
 			return
 		}
-		uid = cred.Uid
 		if int(l.byUID[uid]) >= l.b.maxUIDConns {
 			unix.Close(fd)
 			l.refused("a user holds its whole share of connections", "uid", uid, "limit", l.b.maxUIDConns)

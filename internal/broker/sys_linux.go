@@ -24,6 +24,18 @@ func accept4(lfd int) (int, unix.Errno) {
 	return int(r), 0
 }
 
+// peerUID returns the uid of fd's peer (SO_PEERCRED) into the loop's own
+// buffer: unix.GetsockoptUcred allocates one per call, on every accept.
+func (l *loop) peerUID(fd int) (uint32, unix.Errno) {
+	n := uint32(unsafe.Sizeof(l.cred))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERCRED,
+		uintptr(unsafe.Pointer(&l.cred)), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return l.cred.Uid, 0
+}
+
 // peeker reads a client's pending bytes without consuming them.
 //
 // Peeking instead of reading matters: consuming data from a client's socket
