@@ -63,10 +63,10 @@ type Config struct {
 	MaxConns int
 
 	// MaxConnsPerUID caps the connections of every kind (handshaking or
-	// waiting) one user may hold, so that no user can fill the broker
-	// with clients that never finish their request. Zero means half of
-	// MaxConns; negative means no cap, and no per-user shedding either
-	// (which saves reading each client's credentials).
+	// waiting) one user other than root may hold, so that no user can
+	// fill the broker with clients that never finish their request. Zero
+	// means half of MaxConns; negative means no cap, and no per-user
+	// shedding either (which saves reading each client's credentials).
 	MaxConnsPerUID int
 }
 
