@@ -238,3 +238,40 @@ func TestFDStoreWanted(t *testing.T) {
 	assert.False(t, fdStoreWanted(false, env("")))
 	assert.False(t, fdStoreWanted(false, env("many")))
 }
+
+// TestIntegrationFDStoreUpgradeCrash upgrades a daemon that has a file
+// descriptor store to a binary that passes every check and then dies
+// outright (SIGKILL), which no fallback can help: the clients wait in the
+// store, and the next instance the manager starts takes them all back. An
+// upgrade that succeeds empties the store of them.
+func TestIntegrationFDStoreUpgradeCrash(t *testing.T) {
+	m := newManager(t, true)
+	dir := t.TempDir()
+	bin := copyDaemon(t, dir)
+	d := m.startBinary(bin, "--fdstore")
+	ws := startWaiters(t, m.BrokerPath, 5)
+	waitWaiting(t, m.CtlPath, 5)
+
+	// First an upgrade that works: the store is empty afterwards.
+	require.NoError(t, d.cmd.Process.Signal(syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	m.waitFor("READY=1")
+	require.Eventually(t, func() bool { return m.Count(fdNameClient) == 0 && m.Count(fdNameState) == 0 },
+		20*time.Second, 10*time.Millisecond, "the new program left the clients in the store: %v", m.Names())
+
+	// Then one that dies.
+	script := "#!/bin/sh\n" +
+		"case \"$1\" in --handover-version|--handover-check) exec " + daemonBin + " \"$@\";; esac\n" +
+		"kill -KILL $$\n"
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
+	require.NoError(t, d.cmd.Process.Signal(syscall.SIGUSR2))
+	<-d.done
+	assert.Equal(t, 5, m.Count(fdNameClient), "the clients are in the store")
+	assert.Equal(t, 1, m.Count(fdNameState))
+
+	d2 := m.start("--fdstore")
+	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=5 stored=5 hung_up=0 unknown=0")
+	pairWaiters(t, m.BrokerPath, ws)
+	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
+}

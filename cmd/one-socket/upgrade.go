@@ -108,8 +108,12 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 		d.ready()
 		return err
 	}
+	stored := d.fdstore && d.storeForUpgrade(st)
 	err = d.exec(st, ctlFD)
 	// Still here: serve the State again in this process.
+	if stored {
+		d.forgetStored()
+	}
 	if rerr := d.resume(st, ctlFD); rerr != nil {
 		log.Error("cannot resume after the failed upgrade", "err", rerr)
 		return errors.Join(err, rerr)
@@ -117,6 +121,27 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 	d.ready()
 	log.Warn("upgrade failed; serving on", "err", err)
 	return err
+}
+
+// storeForUpgrade puts copies of the clients in the service manager's
+// file descriptor store before the exec, so that a new program that dies
+// outright before it serves loses nothing: the manager restarts the
+// service (Restart=on-failure) and the next instance takes them back. The
+// new program empties the store as it begins to serve. It reports whether
+// the clients were stored.
+func (d *instance) storeForUpgrade(st *broker.State) bool {
+	desc, fds := handover.ForStore(st.Conns, time.Now())
+	if len(fds) == 0 {
+		return false
+	}
+	n, err := d.storeClients(desc, fds)
+	if err == nil {
+		err = d.notify.Barrier(barrierTimeout)
+	}
+	if err != nil {
+		d.log.Warn("cannot keep the clients in the service manager's store during the upgrade", "stored", n, "clients", len(fds), "err", err)
+	}
+	return n > 0
 }
 
 // handOver stops the engine and the control server without closing what
@@ -273,8 +298,13 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	for _, c := range h.Conns {
 		st.Conns = append(st.Conns, c.Engine(c.FD))
 	}
-	// Served from now on: nothing is given back any more.
+	// Served from now on: nothing is given back any more, and what the
+	// previous program kept in the service manager's store for a crash
+	// of this one is not needed.
 	boot.ho = nil
+	if d.fdstore {
+		d.forgetStored()
+	}
 	if boot.fallback.FD >= 0 {
 		unix.Close(boot.fallback.FD)
 	}
