@@ -171,6 +171,16 @@ func (d *daemon) waitAccepting() {
 	}
 }
 
+// exited reports whether the process has ended.
+func (d *daemon) exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (d *daemon) pid() int { return d.cmd.Process.Pid }
 
 // wait waits for the daemon to exit and returns its exit status (-1 if a

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -56,123 +55,46 @@ func listen(path string, mode fs.FileMode, gid int, log *slog.Logger) (*net.Unix
 	return listenFile(path, mode, gid)
 }
 
-// privateSocket is the socket's name in listenFile's private directory.
-const privateSocket = "s"
-
 // listenFile makes the socket file at path so that no step follows a
 // path another user could redirect: a user who may write the socket's
 // directory could otherwise swap the new socket for a symbolic link
-// between bind and chmod, and have the mode applied to any file. The
-// socket is bound in a new directory of its own, 0700 and reached only
-// through its descriptor, given its group and mode there, and then moved
-// into place; it appears at path complete, and the move fails rather than
-// replace anything that was put at path meanwhile.
-func listenFile(path string, mode fs.FileMode, gid int) (ln *net.UnixListener, sf *socketFile, err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
+// between bind and chmod, and have the mode applied to any file. So there
+// is no chmod: bind creates the file with its final mode, under a umask
+// that leaves exactly those bits, and the group is set without following
+// a link. The socket keeps path as its address, which clients see with
+// getpeername, as they do with the original broker.
+func listenFile(path string, mode fs.FileMode, gid int) (*net.UnixListener, *socketFile, error) {
+	// The umask is the process's: nothing else creates files while the
+	// daemon starts.
+	old := unix.Umask(int(^mode.Perm() & 0o777))
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if errors.Is(err, unix.EADDRINUSE) {
+		return nil, nil, fmt.Errorf("another process bound %s while one-socket was starting", path)
 	}
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("opening the socket's directory %s: %w", dir, os.NewSyscallError("open", err))
-	}
-	defer unix.Close(dfd)
-	pname, pfd, err := privateDir(dfd)
-	if err != nil {
-		return nil, nil, fmt.Errorf("making a private directory in %s: %w", dir, err)
-	}
-	defer func() {
-		unix.Unlinkat(pfd, privateSocket, 0) // if it was never moved
-		removePrivateDir(dfd, pname, pfd)
-		unix.Close(pfd)
-	}()
-
-	// /proc/self/fd/N names the private directory by its descriptor, so
-	// the bind lands there even if the name was moved away.
-	ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", pfd, privateSocket), Net: "unix"})
-	if err != nil {
-		return nil, nil, fmt.Errorf("binding the socket (one-socket needs /proc mounted): %w", err)
+		return nil, nil, err
 	}
 	ln.SetUnlinkOnClose(false) // removal is socketFile.remove's job
-	defer func() {
-		if err != nil {
-			ln.Close()
-			ln = nil
-		}
-	}()
-	// The group before the mode: a chown does not clear a socket's
-	// permission bits, and nobody can reach the file before the move.
-	if gid != -1 {
-		if err := unix.Fchownat(pfd, privateSocket, -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return nil, nil, fmt.Errorf("setting the socket's group: %w", os.NewSyscallError("fchownat", err))
-		}
+	fail := func(err error) (*net.UnixListener, *socketFile, error) {
+		ln.Close()
+		return nil, nil, err
 	}
-	if err := unix.Fchmodat(pfd, privateSocket, uint32(mode.Perm()), 0); err != nil {
-		return nil, nil, fmt.Errorf("setting the socket's mode: %w", os.NewSyscallError("fchmodat", err))
+	// The group after the mode: members of the daemon's own group (root's,
+	// usually) may connect in between, nobody else. A chown does not clear
+	// a socket's permission bits.
+	if gid != -1 {
+		if err := unix.Fchownat(unix.AT_FDCWD, path, -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fail(fmt.Errorf("setting the socket's group: %w", os.NewSyscallError("fchownat", err)))
+		}
 	}
 	var st unix.Stat_t
-	if err := unix.Fstatat(pfd, privateSocket, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return nil, nil, os.NewSyscallError("fstatat", err)
-	}
-	if err := moveNoReplace(pfd, privateSocket, dfd, base); errors.Is(err, unix.EEXIST) {
-		return nil, nil, fmt.Errorf("another process created %s while one-socket was starting", path)
+	if err := unix.Lstat(path, &st); errors.Is(err, unix.ENOENT) || (err == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK) {
+		return fail(fmt.Errorf("%s was removed or replaced while one-socket was starting", path))
 	} else if err != nil {
-		return nil, nil, fmt.Errorf("moving the socket into place at %s: %w", path, err)
+		return fail(os.NewSyscallError("lstat", err))
 	}
 	return ln, &socketFile{path: path, dev: st.Dev, ino: st.Ino}, nil
-}
-
-// privateDir makes a new directory, 0700, in the directory dfd and
-// returns its name and a descriptor for it, checked to be the directory
-// this process made: the name could be replaced before the open.
-func privateDir(dfd int) (string, int, error) {
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return "", -1, err
-	}
-	name := fmt.Sprintf(".one-socket.%d.%x", os.Getpid(), rnd)
-	if err := unix.Mkdirat(dfd, name, 0o700); err != nil {
-		return "", -1, os.NewSyscallError("mkdirat", err)
-	}
-	pfd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", -1, os.NewSyscallError("openat", err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(pfd, &st); err != nil {
-		unix.Close(pfd)
-		return "", -1, os.NewSyscallError("fstat", err)
-	}
-	if st.Uid != uint32(os.Geteuid()) || st.Mode&0o077 != 0 {
-		unix.Close(pfd)
-		return "", -1, fmt.Errorf("%s was replaced by another user's directory", name)
-	}
-	return name, pfd, nil
-}
-
-// removePrivateDir removes privateDir's directory if name still is it.
-func removePrivateDir(dfd int, name string, pfd int) {
-	var mine, there unix.Stat_t
-	if unix.Fstat(pfd, &mine) != nil || unix.Fstatat(dfd, name, &there, unix.AT_SYMLINK_NOFOLLOW) != nil {
-		return
-	}
-	if mine.Dev == there.Dev && mine.Ino == there.Ino {
-		unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR)
-	}
-}
-
-// moveNoReplace moves oldName in oldDir to newName in newDir, failing
-// with EEXIST if newName exists. Where the file system has no
-// RENAME_NOREPLACE, a hard link and an unlink do the same.
-func moveNoReplace(oldDir int, oldName string, newDir int, newName string) error {
-	err := unix.Renameat2(oldDir, oldName, newDir, newName, unix.RENAME_NOREPLACE)
-	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
-		return err
-	}
-	if err := unix.Linkat(oldDir, oldName, newDir, newName, 0); err != nil {
-		return err
-	}
-	return unix.Unlinkat(oldDir, oldName, 0)
 }
 
 // clearPath makes path free for bind: nothing there is fine, a socket

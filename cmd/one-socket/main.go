@@ -48,6 +48,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, handover.Version)
 		return 0
 	}
+	if len(args) > 0 && (args[0] == keeperFlag || args[0] == keeperArmed) {
+		// Hidden: the keeper of an upgrade (keeper.go).
+		return keep(args[0], args[1:])
+	}
 	if len(args) > 0 && args[0] == handover.CheckFlag {
 		// Hidden: an upgrade asks the new binary whether it would start.
 		return checkConfig(args[1:], stderr)
@@ -57,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// first of all: nothing this process starts may inherit them. A
 	// program taking over from an upgrade takes the State first, so that
 	// whatever fails from then on until it serves gives it back.
-	boot := &startup{fallback: handover.TakeFallback(), failed: os.Getenv(handover.EnvFailed)}
+	boot := &startup{fallback: handover.TakeFallback(), keeper: takeKeeper(), failed: os.Getenv(handover.EnvFailed)}
 	os.Unsetenv(handover.EnvFailed)
 	var err error
 	if boot.ho, err = handover.Take(); err != nil {
@@ -152,6 +156,7 @@ type startup struct {
 	report   *startReport       // the pipe to a --detach parent, or nil
 	ho       *handover.State    // what the previous program handed over, until it serves them; or nil
 	fallback handover.Fallback  // the previous program, to give ho back to
+	keeper   int                // the pipe to the upgrade's keeper (keeper.go), or -1
 	failed   string             // why a new program gave the clients back to this one, or ""
 	restored *handover.Restored // the clients taken back from the store, or nil
 	// Found before the log exists, reported once it does.
@@ -612,12 +617,15 @@ func (d *instance) maxConns() (int, error) {
 		return d.cfg.maxConns, nil
 	}
 	// The descriptors the previous program opened after it took its
-	// limit (its sockets, pid file and clients), and the fallback's.
+	// limit (its sockets, pid file and clients), the fallback's and the
+	// keeper's pipe.
 	inherited := 0
 	if ho := d.boot.ho; ho != nil {
 		inherited = len(ho.FDs())
-		if d.boot.fallback.FD >= 0 {
-			inherited++
+		for _, fd := range []int{d.boot.fallback.FD, d.boot.keeper} {
+			if fd >= 0 {
+				inherited++
+			}
 		}
 	}
 	if r := d.boot.restored; r != nil {
@@ -635,6 +643,9 @@ func (s *startup) giveBack(why error, env []string) {
 	if s.ho == nil || s.fallback.FD < 0 {
 		return
 	}
+	// The previous binary is known to serve: the keeper may go.
+	releaseKeeper(s.keeper)
+	s.keeper = -1
 	reason := strings.ReplaceAll(why.Error(), "\n", " ")
 	env = append(handover.WithoutEnv(os.Environ(), handover.EnvFailed, "NOTIFY_SOCKET"),
 		append(env, handover.EnvFailed+"="+reason)...)

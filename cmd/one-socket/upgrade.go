@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -196,11 +197,21 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 		return fmt.Errorf("opening this binary for a fallback: %w", os.NewSyscallError("open", err))
 	}
 	defer unix.Close(self)
-	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET"),
+	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", envKeeper),
 		handover.FallbackEnv(self, os.Args)...)
 	// Unset at start; the new program needs it for READY=1.
 	env = append(env, d.notify.Env()...)
-	return handover.Exec(h, d.exe, -1, os.Args, env, self)
+	keep := []int{self}
+	// Without a file descriptor store, a keeper covers a new program that
+	// dies outright.
+	if !d.fdstore {
+		if k := d.startKeeper(h); k >= 0 {
+			defer releaseKeeper(k) // only reached if the exec failed
+			env = append(env, envKeeper+"="+strconv.Itoa(k))
+			keep = append(keep, k)
+		}
+	}
+	return handover.Exec(h, d.exe, -1, os.Args, env, keep...)
 }
 
 // checkNewConfig runs the new binary with CheckFlag and this daemon's
@@ -304,6 +315,13 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	boot.ho = nil
 	if d.fdstore {
 		d.forgetStored()
+	}
+	releaseKeeper(boot.keeper)
+	if d.pidf != nil && d.pidf.f != nil {
+		// After a keeper took over, the pid is the keeper's.
+		if err := d.pidf.write(os.Getpid()); err != nil {
+			d.log.Warn("cannot update the pid file", "pidfile", d.pidf.path, "err", err)
+		}
 	}
 	if boot.fallback.FD >= 0 {
 		unix.Close(boot.fallback.FD)

@@ -497,3 +497,46 @@ func TestUpgradeWhenFull(t *testing.T) {
 	pairOnce(t, sock)
 	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
+
+// TestUpgradeKeeperTakesOver upgrades a daemon without a file descriptor
+// store to a binary that passes every check and is SIGKILLed as it
+// starts: the daemon's keeper must take every client back and serve them
+// under its own pid, with the pid file and the control socket.
+func TestUpgradeKeeperTakesOver(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl, pidPath := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket"), filepath.Join(dir, "one.pid")
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl, "--pidfile", pidPath)
+	ws := startWaiters(t, sock, 4)
+	waitWaiting(t, ctl, 4)
+
+	script := "#!/bin/sh\n" +
+		"case \"$1\" in --handover-version|--handover-check) exec " + daemonBin + " \"$@\";; esac\n" +
+		"kill -KILL $$\n"
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	// The keeper holds the daemon's standard error, so d.done waits for
+	// it: the process's end is its pid's.
+	require.Eventually(t, func() bool { return syscall.Kill(d.pid(), 0) != nil }, 20*time.Second, 10*time.Millisecond)
+
+	var keeper int
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(pidPath)
+		if err != nil {
+			return false
+		}
+		keeper, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && keeper != d.pid()
+	}, 20*time.Second, 10*time.Millisecond, "no keeper took over:\n%s", d.stderr.String())
+	t.Cleanup(func() { syscall.Kill(keeper, syscall.SIGKILL) })
+	assert.Contains(t, d.waitLog("the new program could not start; this one took the clients back"), "its keeper took the clients back")
+	assert.EqualValues(t, keeper, status(t, ctl)["pid"])
+	waitWaiting(t, ctl, 4)
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+
+	require.NoError(t, syscall.Kill(keeper, syscall.SIGTERM))
+	require.Eventually(t, func() bool { return syscall.Kill(keeper, 0) != nil }, 20*time.Second, 10*time.Millisecond)
+	requireGone(t, sock, ctl, pidPath)
+}

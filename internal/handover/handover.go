@@ -198,6 +198,29 @@ func (s *State) FDs() []int {
 	return fds
 }
 
+// Renumber returns a copy of s whose descriptors are those that to maps
+// s's to, for a process that holds them at other numbers.
+func (s *State) Renumber(to func(int) int) *State {
+	c := *s
+	if s.Process != nil {
+		p := *s.Process
+		p.Listener = to(p.Listener)
+		if p.Control >= 0 {
+			p.Control = to(p.Control)
+		}
+		if p.PidFile >= 0 {
+			p.PidFile = to(p.PidFile)
+		}
+		c.Process = &p
+	}
+	c.Conns = make([]Conn, len(s.Conns))
+	for i, conn := range s.Conns {
+		conn.FD = to(conn.FD)
+		c.Conns[i] = conn
+	}
+	return &c
+}
+
 // Take reads the upgrade's State named by $ONE_SOCKET_HANDOVER, or returns
 // nil when it is unset. It unsets the variable, closes the memfd, checks
 // that every descriptor named is open and marks each close-on-exec.
