@@ -47,6 +47,7 @@ func (l *loop) accept() {
 		}
 	}
 	if l.nconns >= l.b.maxConns && !l.shed(uid) {
+		l.drain(fd)
 		unix.Close(fd)
 		l.refused("connection limit reached", "limit", l.b.maxConns)
 		return

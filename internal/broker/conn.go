@@ -86,6 +86,7 @@ func (l *loop) drop(fd int32) {
 	}
 	l.unlist(fd)
 	l.dropPartial(c)
+	l.drain(int(fd))
 	// Closing also removes fd from epoll: the engine never duplicates it.
 	unix.Close(int(fd))
 	l.forget(c)

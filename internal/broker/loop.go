@@ -78,6 +78,7 @@ type loop struct {
 	perUID           map[uint32]int   // waiting clients per uid, when MaxWaitingPerUID is set
 	byUID            map[uint32]int32 // connections per uid, when users are told apart
 	cred             unix.Ucred       // peerUID's buffer
+	drainBuf         [libspbroker.MessageSize]byte
 
 	events   []unix.EpollEvent
 	ev       unix.EpollEvent

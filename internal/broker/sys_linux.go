@@ -36,6 +36,16 @@ func (l *loop) peerUID(fd int) (uint32, unix.Errno) {
 	return l.cred.Uid, 0
 }
 
+// drain consumes what fd's client sent and the engine only peeked at (its
+// request, usually), without waiting: Linux reports a close with unread
+// data to the peer as a reset, and the original broker, which reads each
+// request, gives its clients end of file. Descriptors sent along are
+// discarded by the kernel, which closes them.
+func (l *loop) drain(fd int) {
+	unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&l.drainBuf[0])), uintptr(len(l.drainBuf)),
+		unix.MSG_DONTWAIT, 0, 0)
+}
+
 // peeker reads a client's pending bytes without consuming them.
 //
 // Peeking instead of reading matters: consuming data from a client's socket
