@@ -102,14 +102,19 @@ func attacker(spec string) int {
 	return 2
 }
 
-// startAttacker runs an attack as attackerUID until the test ends.
-func startAttacker(t *testing.T, o *openDir, attack ...string) *testutil.Proc {
-	t.Helper()
+// attackerCmd is the attacker process for attack, as attackerUID.
+func attackerCmd(o *openDir, attack ...string) *exec.Cmd {
 	cmd := exec.Command(o.helper)
 	cmd.Dir = o.dir
 	cmd.Env = append(os.Environ(), envAttacker+"="+strings.Join(attack, "\n"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
-	return testutil.StartProc(t, "attacker", cmd)
+	return cmd
+}
+
+// startAttacker runs an attack as attackerUID until the test ends.
+func startAttacker(t testing.TB, o *openDir, attack ...string) *testutil.Proc {
+	t.Helper()
+	return testutil.StartProc(t, "attacker", attackerCmd(o, attack...))
 }
 
 // worldWritableDir is a directory anyone may write, and not sticky: the
@@ -347,11 +352,7 @@ func TestAttackPidFile(t *testing.T) {
 // printed.
 func attack(t *testing.T, o *openDir, attack ...string) string {
 	t.Helper()
-	cmd := exec.Command(o.helper)
-	cmd.Dir = o.dir
-	cmd.Env = append(os.Environ(), envAttacker+"="+strings.Join(attack, "\n"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
-	out, err := cmd.Output()
+	out, err := attackerCmd(o, attack...).Output()
 	require.NoError(t, err, "%s", out)
 	return string(out)
 }
@@ -468,11 +469,7 @@ func BenchmarkPairUnderFlood(b *testing.B) {
 	cmd.Env = daemonEnv()
 	testutil.StartProc(b, "one-socket", cmd)
 	for _, kind := range []string{"silent", "slow"} {
-		c := exec.Command(o.helper)
-		c.Dir = o.dir
-		c.Env = append(os.Environ(), envAttacker+"="+strings.Join([]string{"flood", sock, "150", kind}, "\n"))
-		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
-		testutil.StartProc(b, "attacker", c)
+		startAttacker(b, o, "flood", sock, "150", kind)
 	}
 	time.Sleep(time.Second) // the flood fills the broker
 	var lat []time.Duration

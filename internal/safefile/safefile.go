@@ -29,18 +29,12 @@ var ErrUnsafe = errors.New("unsafe file")
 func OpenOwn(path string, flag int, perm fs.FileMode) (*os.File, error) {
 	// O_NONBLOCK: a FIFO must not hold the open (it fails with ENXIO
 	// without a reader, and is refused below with one).
-	fd, err := unix.Open(path, flag|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, uint32(perm.Perm()))
+	f, st, err := openStat(path, flag|unix.O_NOFOLLOW, perm)
 	if errors.Is(err, unix.ELOOP) {
 		return nil, fmt.Errorf("%s: %w: a symbolic link; the daemon writes only a file of its own", path, ErrUnsafe)
 	}
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	f := os.NewFile(uintptr(fd), path)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		f.Close()
-		return nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
+		return nil, err
 	}
 	switch {
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
@@ -51,7 +45,7 @@ func OpenOwn(path string, flag int, perm fs.FileMode) (*os.File, error) {
 		err = fmt.Errorf("%s: %w: it has %d hard links", path, ErrUnsafe, st.Nlink)
 	}
 	if err == nil {
-		err = clearNonblock(fd)
+		err = clearNonblock(int(f.Fd()))
 	}
 	if err != nil {
 		f.Close()
@@ -67,29 +61,38 @@ func OpenOwn(path string, flag int, perm fs.FileMode) (*os.File, error) {
 // sticky one, such as /tmp, whose entries only their owner may replace.
 // The open never blocks, whatever is at path.
 func OpenTrusted(path string) (*os.File, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	f, st, err := openStat(path, unix.O_RDONLY, 0)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	f := os.NewFile(uintptr(fd), path)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		f.Close()
-		return nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
+		return nil, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		err = fmt.Errorf("%s: %w: %s, not a regular file", path, ErrUnsafe, kind(st.Mode))
-	} else if err = trusted(path, "", &st); err == nil {
+	} else if err = trusted(path, "", st); err == nil {
 		err = trustedDirs(path)
 	}
 	if err == nil {
-		err = clearNonblock(fd)
+		err = clearNonblock(int(f.Fd()))
 	}
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
+}
+
+// openStat opens path with flag, O_NONBLOCK (so that no FIFO or device
+// can hold the open) and O_CLOEXEC, and returns it with its status.
+func openStat(path string, flag int, perm fs.FileMode) (*os.File, *unix.Stat_t, error) {
+	fd, err := unix.Open(path, flag|unix.O_NONBLOCK|unix.O_CLOEXEC, uint32(perm.Perm()))
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), &st, nil
 }
 
 // trusted checks one file's owner and mode; what is "" for the file
