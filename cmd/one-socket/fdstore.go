@@ -78,6 +78,7 @@ func (d *instance) stopIntoStore() {
 
 	desc, fds := handover.ForStore(st.Conns, time.Now())
 	desc.Counts.Listeners = listeners
+	desc.Totals = handover.TotalsOf(d.b.Stats())
 	clients := 0
 	if len(fds) > 0 {
 		clients, err = d.storeClients(desc, fds)

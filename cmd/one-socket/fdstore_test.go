@@ -119,6 +119,9 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
 	assert.Equal(t, "0/0", storedClients(t, d2.stderr.String()))
 	assert.Equal(t, 43, int(logCounter(t, d2.stderr.String(), "paired")))
+	// The totals cover both instances: the first accepted the 42 stored,
+	// the second 45 (41 peers, the late client, the half's peer, a pair).
+	assert.Equal(t, 42+45, int(logCounter(t, d2.stderr.String(), "accepted")))
 	assert.Empty(t, m.Names())
 }
 

@@ -134,7 +134,10 @@ type instance struct {
 	pidf      *pidFile
 	started   time.Time
 	exe       string // the binary an upgrade runs, as invoked; "" when unknown
-	fdstore   bool   // stops hand the clients to the service manager's store
+	// legacyTarget says the binary an upgrade runs is older than
+	// handover.CheckFlag, and reads only what v0.1.0 wrote.
+	legacyTarget bool
+	fdstore      bool // stops hand the clients to the service manager's store
 
 	stopReq    chan struct{} // the control socket's stop
 	upgradeReq chan struct{} // the control socket's upgrade, once checked
@@ -271,6 +274,9 @@ func (d *instance) run(stderr io.Writer) int {
 	d.b, err = broker.New(d.brokerConfig())
 	if err != nil {
 		return d.fail(err)
+	}
+	if r := boot.restored; r != nil {
+		d.b.Carry(r.Totals.Stats())
 	}
 
 	// Signals are caught before any file exists, so that none arriving in

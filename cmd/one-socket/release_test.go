@@ -156,3 +156,23 @@ func TestFDStoreRestartFromOldRelease(t *testing.T) {
 	pairWaiters(t, m.BrokerPath, ws)
 	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
 }
+
+// TestDowngradeToOldRelease upgrades this daemon to oldRelease's binary:
+// that binary cannot check its configuration, and reads only what it
+// wrote itself, so the hand-over leaves out what it does not know.
+func TestDowngradeToOldRelease(t *testing.T) {
+	old := oldDaemon(t)
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl)
+	ws := startWaiters(t, sock, 3)
+	waitWaiting(t, ctl, 3)
+	replaceBinary(t, old, bin)
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "cannot check its configuration before the upgrade (it is older than this one)")
+	assert.Equal(t, oldRelease, statusVersion(t, ctl))
+	pairWaiters(t, sock, ws)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}

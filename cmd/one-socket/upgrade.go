@@ -132,6 +132,7 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 // the clients were stored.
 func (d *instance) storeForUpgrade(st *broker.State) bool {
 	desc, fds := handover.ForStore(st.Conns, time.Now())
+	desc.Totals = handover.TotalsOf(d.b.Stats())
 	if len(fds) == 0 {
 		return false
 	}
@@ -190,6 +191,10 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 	for _, c := range st.Conns {
 		h.Conns = append(h.Conns, handover.FromEngine(c))
 	}
+	if !d.legacyTarget {
+		// A binary before 0.2.0 refuses a field it does not know.
+		h.Totals = handover.TotalsOf(d.b.Stats())
+	}
 	// The new program gives the clients back to this binary, by its
 	// descriptor, if it cannot serve them.
 	self, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -203,8 +208,9 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 	env = append(env, d.notify.Env()...)
 	keep := []int{self}
 	// Without a file descriptor store, a keeper covers a new program that
-	// dies outright.
-	if !d.fdstore {
+	// dies outright; not one older than the keeper, which would never
+	// release it (and the keeper's copies would hold every client open).
+	if !d.fdstore && !d.legacyTarget {
 		if k := d.startKeeper(h); k >= 0 {
 			defer releaseKeeper(k) // only reached if the exec failed
 			env = append(env, envKeeper+"="+strconv.Itoa(k))
@@ -229,9 +235,11 @@ func (d *instance) checkNewConfig() error {
 	case ctx.Err() != nil:
 		return fmt.Errorf("%s %s: no answer within %v", d.exe, handover.CheckFlag, versionCheckTimeout)
 	case err == nil:
+		d.legacyTarget = false
 		return nil
 	case strings.Contains(stderr.String(), "flag provided but not defined: -"+strings.TrimLeft(handover.CheckFlag, "-")):
 		d.log.Warn("the new binary cannot check its configuration before the upgrade (it is older than this one)", "exe", d.exe)
+		d.legacyTarget = true
 		return nil
 	}
 	return fmt.Errorf("the new program would not start: %s", strings.TrimSpace(stderr.String()))
@@ -241,6 +249,9 @@ func (d *instance) checkNewConfig() error {
 // broker, as adopt does after an exec, with the policy in force.
 func (d *instance) resume(st *broker.State, ctlFD int) error {
 	b, err := broker.New(d.brokerConfig())
+	if err == nil {
+		b.Carry(d.b.Stats())
+	}
 	if err != nil {
 		st.Close()
 		if ctlFD >= 0 {
@@ -326,6 +337,7 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	if boot.fallback.FD >= 0 {
 		unix.Close(boot.fallback.FD)
 	}
+	d.b.Carry(h.Totals.Stats())
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.b.ServeState(st) }()
 	d.started = h.Started

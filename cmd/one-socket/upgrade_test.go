@@ -540,3 +540,36 @@ func TestUpgradeKeeperTakesOver(t *testing.T) {
 	require.Eventually(t, func() bool { return syscall.Kill(keeper, 0) != nil }, 20*time.Second, 10*time.Millisecond)
 	requireGone(t, sock, ctl, pidPath)
 }
+
+// TestUpgradeCarriesCounters checks that the totals in status cover the
+// daemon's run across an upgrade, and across an upgrade whose exec fails.
+func TestUpgradeCarriesCounters(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	bin := copyDaemon(t, dir)
+	d := spawnAt(t, bin, sock, "--ctl-socket", ctl)
+	for range 3 {
+		pairOnce(t, sock)
+	}
+	before := status(t, ctl)
+	require.EqualValues(t, 3, before["paired_total"])
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	after := status(t, ctl)
+	for _, k := range []string{"paired_total", "accepted_total"} {
+		assert.Equal(t, before[k], after[k], k)
+	}
+
+	// An exec that fails (the binary is gone after its check): the
+	// broker made again in this process carries them too.
+	require.NoError(t, os.Remove(bin))
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\n"+
+		"case \"$1\" in --handover-version) echo 1;; --handover-check) rm -f \"$0\";; esac\n"), 0o755))
+	reply := controlRequest(t, ctl, `{"command":"upgrade"}`)
+	require.Equal(t, true, reply["ok"], "%v", reply)
+	d.waitLogCount("upgrade failed; serving on", 1)
+	assert.EqualValues(t, 3, status(t, ctl)["paired_total"])
+	pairOnce(t, sock)
+	assert.EqualValues(t, 4, status(t, ctl)["paired_total"])
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}

@@ -80,6 +80,14 @@ func (s *Stats) ProtocolErrorsByName() map[string]uint64 {
 	return m
 }
 
+// SetProtocolErrorsByName sets the protocol error counters from names as
+// ProtocolErrorsByName gives them; unknown names are ignored.
+func (s *Stats) SetProtocolErrorsByName(m map[string]uint64) {
+	for k := range s.ProtocolErrors {
+		s.ProtocolErrors[k] = m[ProtocolErrorKind(k).String()]
+	}
+}
+
 // counters are written by the loop goroutine and read by Stats.
 type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
@@ -108,4 +116,23 @@ func (b *Broker) Stats() Stats {
 		s.ProtocolErrors[i] = c.protocol[i].Load()
 	}
 	return s
+}
+
+// Carry adds the totals of s, a previous engine's, to this one's, so that
+// the counters cover a daemon's whole run across upgrades and restarts.
+// The gauges (Waiting, Conns) follow the clients and are not carried.
+func (b *Broker) Carry(s Stats) {
+	c := &b.stats
+	c.accepted.Add(s.Accepted)
+	c.paired.Add(s.Paired)
+	c.refused.Add(s.Refused)
+	c.shed.Add(s.Shed)
+	c.timedOut.Add(s.TimedOut)
+	c.vanished.Add(s.Vanished)
+	c.denied.Add(s.Denied)
+	c.overQuota.Add(s.OverQuota)
+	c.expired.Add(s.Expired)
+	for i, n := range s.ProtocolErrors {
+		c.protocol[i].Add(n)
+	}
 }

@@ -56,6 +56,42 @@ type State struct {
 	*Process           // nil in the store
 	Conns    []Conn    `json:"conns"`
 	Counts   *Counts   `json:"counts,omitempty"` // nil in an upgrade
+	// Totals are the engine's counters so far, so that they cover the
+	// daemon's whole run. Absent in what v0.1.0 wrote; written only for
+	// a program known to read them (see Legacy).
+	Totals *Totals `json:"totals,omitempty"`
+}
+
+// Totals are an engine's counters, by name.
+type Totals struct {
+	Accepted       uint64            `json:"accepted"`
+	Paired         uint64            `json:"paired"`
+	Refused        uint64            `json:"refused"`
+	Shed           uint64            `json:"shed"`
+	TimedOut       uint64            `json:"timed_out"`
+	Vanished       uint64            `json:"vanished"`
+	Denied         uint64            `json:"denied"`
+	OverQuota      uint64            `json:"over_quota"`
+	Expired        uint64            `json:"expired"`
+	ProtocolErrors map[string]uint64 `json:"protocol_errors,omitempty"` // by kind name
+}
+
+// TotalsOf describes an engine's counters.
+func TotalsOf(s broker.Stats) *Totals {
+	return &Totals{Accepted: s.Accepted, Paired: s.Paired, Refused: s.Refused, Shed: s.Shed,
+		TimedOut: s.TimedOut, Vanished: s.Vanished, Denied: s.Denied, OverQuota: s.OverQuota,
+		Expired: s.Expired, ProtocolErrors: s.ProtocolErrorsByName()}
+}
+
+// Stats is t as an engine's counters, for broker.Carry; nil is none.
+func (t *Totals) Stats() broker.Stats {
+	if t == nil {
+		return broker.Stats{}
+	}
+	s := broker.Stats{Accepted: t.Accepted, Paired: t.Paired, Refused: t.Refused, Shed: t.Shed,
+		TimedOut: t.TimedOut, Vanished: t.Vanished, Denied: t.Denied, OverQuota: t.OverQuota, Expired: t.Expired}
+	s.SetProtocolErrorsByName(t.ProtocolErrors)
+	return s
 }
 
 // Process is what an upgrade in place passes besides the clients: the

@@ -202,3 +202,18 @@ func TestCheckProgram(t *testing.T) {
 	assert.ErrorContains(t, CheckProgram("", time.Minute), "binary path is unknown")
 	assert.ErrorContains(t, CheckProgram(filepath.Join(dir, "missing"), time.Minute), "no such file")
 }
+
+// TestTotals checks that an engine's counters survive the document, by
+// name, protocol errors included.
+func TestTotals(t *testing.T) {
+	s := broker.Stats{Accepted: 9, Paired: 4, Refused: 3, Shed: 2, TimedOut: 1, Vanished: 5, Denied: 6, OverQuota: 7, Expired: 8}
+	s.ProtocolErrors[broker.ErrKindSize] = 11
+	st := State{Version: Version, Totals: TotalsOf(s)}
+	data, err := json.Marshal(&st)
+	require.NoError(t, err)
+	assert.Contains(t, string(data), `"size":11`)
+	back, err := Decode(bytes.NewReader(data))
+	require.NoError(t, err)
+	assert.Equal(t, s, back.Totals.Stats())
+	assert.Equal(t, broker.Stats{}, (*Totals)(nil).Stats(), "what v0.1.0 wrote has none")
+}

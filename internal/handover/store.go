@@ -38,6 +38,7 @@ type Restored struct {
 	Lost   int                 // described, but not passed back: hung up meanwhile
 	Stray  int                 // passed back without a description: closed
 	Counts Counts              // what the stop that stored them counted
+	Totals *Totals             // the engine's counters when they were stored, or nil
 }
 
 // ReadStored reads the State a stop stored, from f (the memfd the store
@@ -62,7 +63,7 @@ func ReadStored(f *os.File) (*State, error) {
 // s was saved is added. Descriptors without a description are closed; the
 // caller owns the rest, in the result's Conns.
 func (s *State) Match(fds []int, now time.Time) *Restored {
-	r := &Restored{}
+	r := &Restored{Totals: s.Totals}
 	if s.Counts != nil {
 		r.Counts = *s.Counts
 	}
