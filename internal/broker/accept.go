@@ -32,12 +32,13 @@ func (l *loop) accept() {
 	l.b.stats.accepted.Add(1)
 	var uid uint32
 	if l.b.maxUIDConns > 0 {
-		var e unix.Errno
-		if uid, e = l.peerUID(fd); e != 0 {
+		p, err := l.peer(fd)
+		if err != nil {
 			unix.Close(fd)
-			l.refused("cannot read a client's credentials", "err", os.NewSyscallError("getsockopt", e))
+			l.refused("cannot read a client's credentials", "err", err)
 			return
 		}
+		uid = p.UID
 		// Root is trusted with more: it could stop the broker anyway, and
 		// hosts whose clients all run as root need the whole limit.
 		if uid != 0 && int(l.byUID[uid]) >= l.b.maxUIDConns {

@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"golang.org/x/sys/unix"
-
 	"github.com/one-socket/one-socket/internal/logsafe"
 
 	"github.com/one-socket/one-socket/libspbroker"
@@ -43,7 +41,7 @@ func (l *loop) recheckWaiters(a Authorizer) {
 		if c.state != stWaiting {
 			continue
 		}
-		p, err := peerOf(int32(fd))
+		p, err := l.peer(fd)
 		if err == nil {
 			if err = a.Authorize(p, []byte(c.key), c.mode); err == nil {
 				continue
@@ -62,25 +60,17 @@ func (l *loop) recheckWaiters(a Authorizer) {
 	}
 }
 
-// peerOf asks the kernel for fd's peer credentials.
-func peerOf(fd int32) (Peer, error) {
-	cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		return Peer{}, err
-	}
-	return Peer{PID: cr.Pid, UID: cr.Uid, GID: cr.Gid}, nil
-}
-
 // admit applies the access policy and reads the peer's credentials when a
 // policy or a per-user quota needs them. It reports false after
 // disconnecting a client that may not proceed.
 func (l *loop) admit(fd int32, mode libspbroker.Mode, key []byte) bool {
 	ap := l.b.auth.Load()
-	if ap == nil && l.b.maxPerUID == 0 {
-		return true // nothing to decide: no system call on the common path
+	if ap == nil && (l.b.maxPerUID == 0 || l.b.maxUIDConns > 0) {
+		// Nothing to decide, or only the quota, whose uid accept read.
+		return true
 	}
 	c := &l.conns[fd]
-	p, err := peerOf(fd)
+	p, err := l.peer(int(fd))
 	if err != nil {
 		l.b.log.Warn("cannot read client credentials; disconnecting it", "err", err)
 		l.drop(fd)

@@ -86,7 +86,10 @@ func (l *loop) drop(fd int32) {
 	}
 	l.unlist(fd)
 	l.dropPartial(c)
-	l.drain(int(fd))
+	if c.consumed < libspbroker.MessageSize {
+		// Only what was peeked at is still unread.
+		l.drain(int(fd))
+	}
 	// Closing also removes fd from epoll: the engine never duplicates it.
 	unix.Close(int(fd))
 	l.forget(c)

@@ -144,8 +144,8 @@ func (l *loop) adopt(st *State) {
 		// needed it, and handed over whatever its table held.
 		uid := h.UID
 		if l.b.maxUIDConns > 0 {
-			if cred, err := unix.GetsockoptUcred(h.FD, unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-				uid = cred.Uid
+			if p, err := l.peer(h.FD); err == nil {
+				uid = p.UID
 			}
 		}
 		c := l.track(h.FD, l.now-int64(h.Since), uid)

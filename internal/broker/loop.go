@@ -77,7 +77,7 @@ type loop struct {
 	waiting          fdList           // parked clients in park order, when MaxWait is set
 	perUID           map[uint32]int   // waiting clients per uid, when MaxWaitingPerUID is set
 	byUID            map[uint32]int32 // connections per uid, when users are told apart
-	cred             unix.Ucred       // peerUID's buffer
+	cred             unix.Ucred       // peer's buffer
 	drainBuf         [libspbroker.MessageSize]byte
 
 	events   []unix.EpollEvent

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"os"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -24,16 +25,17 @@ func accept4(lfd int) (int, unix.Errno) {
 	return int(r), 0
 }
 
-// peerUID returns the uid of fd's peer (SO_PEERCRED) into the loop's own
-// buffer: unix.GetsockoptUcred allocates one per call, on every accept.
-func (l *loop) peerUID(fd int) (uint32, unix.Errno) {
+// peer returns the credentials of fd's peer (SO_PEERCRED), read into the
+// loop's own buffer: unix.GetsockoptUcred allocates one per call, and the
+// engine asks at every accept when it tells users apart.
+func (l *loop) peer(fd int) (Peer, error) {
 	n := uint32(unsafe.Sizeof(l.cred))
 	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERCRED,
 		uintptr(unsafe.Pointer(&l.cred)), uintptr(unsafe.Pointer(&n)), 0)
 	if e != 0 {
-		return 0, e
+		return Peer{}, os.NewSyscallError("getsockopt", e)
 	}
-	return l.cred.Uid, 0
+	return Peer{PID: l.cred.Pid, UID: l.cred.Uid, GID: l.cred.Gid}, nil
 }
 
 // drain consumes what fd's client sent and the engine only peeked at (its
