@@ -101,22 +101,7 @@ func releaseKeeper(fd int) {
 
 // takeKeeper returns the keeper's pipe that $ONE_SOCKET_KEEPER names,
 // marked close-on-exec, or -1; it unsets the variable.
-func takeKeeper() int {
-	v, ok := os.LookupEnv(envKeeper)
-	if !ok {
-		return -1
-	}
-	os.Unsetenv(envKeeper)
-	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
-		return -1
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-		return -1
-	}
-	unix.CloseOnExec(fd)
-	return fd
-}
+func takeKeeper() int { return handover.TakeFD(envKeeper) }
 
 // keep is the keeper: args are keeperFlag's or keeperArmed's and then the
 // daemon's command line, argv[0] first.

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -220,29 +217,17 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 	return handover.Exec(h, d.exe, -1, os.Args, env, keep...)
 }
 
-// checkNewConfig runs the new binary with CheckFlag and this daemon's
-// flags: it must say it would start with them (flags, policy, log file)
-// before anything is handed over. A binary older than CheckFlag cannot
-// say, and is let through on its version check alone.
+// checkNewConfig asks the new binary whether it would start with this
+// daemon's flags (policy and log file included) before anything is handed
+// over. A binary older than the check cannot say, and is let through on
+// its version alone; it gets no keeper and only v0.1.0's format.
 func (d *instance) checkNewConfig() error {
-	ctx, cancel := context.WithTimeout(context.Background(), versionCheckTimeout)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, d.exe, append([]string{handover.CheckFlag}, os.Args[1:]...)...)
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	switch {
-	case ctx.Err() != nil:
-		return fmt.Errorf("%s %s: no answer within %v", d.exe, handover.CheckFlag, versionCheckTimeout)
-	case err == nil:
-		d.legacyTarget = false
-		return nil
-	case strings.Contains(stderr.String(), "flag provided but not defined: -"+strings.TrimLeft(handover.CheckFlag, "-")):
+	legacy, err := handover.CheckConfig(d.exe, os.Args[1:], versionCheckTimeout)
+	d.legacyTarget = legacy
+	if legacy {
 		d.log.Warn("the new binary cannot check its configuration before the upgrade (it is older than this one)", "exe", d.exe)
-		d.legacyTarget = true
-		return nil
 	}
-	return fmt.Errorf("the new program would not start: %s", strings.TrimSpace(stderr.String()))
+	return err
 }
 
 // resume serves st (and the control socket on ctlFD, if not -1) with a new

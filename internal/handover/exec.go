@@ -90,30 +90,39 @@ func WithoutEnv(env []string, names ...string) []string {
 	return out
 }
 
+// TakeFD returns the descriptor that the variable name holds, marked
+// close-on-exec, or -1 when it is unset or names no open descriptor; it
+// unsets the variable.
+func TakeFD(name string) int {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return -1
+	}
+	os.Unsetenv(name)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return -1
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return -1
+	}
+	unix.CloseOnExec(fd)
+	return fd
+}
+
 // TakeFallback returns the previous program that $ONE_SOCKET_FALLBACK and
 // $ONE_SOCKET_FALLBACK_ARGS describe, its descriptor marked close-on-exec,
 // or one with FD -1; it unsets both.
 func TakeFallback() Fallback {
-	v, ok := os.LookupEnv(EnvFallback)
 	a := os.Getenv(EnvFallbackArgs)
-	os.Unsetenv(EnvFallback)
 	os.Unsetenv(EnvFallbackArgs)
-	none := Fallback{FD: -1}
-	if !ok {
-		return none
-	}
-	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
-		return none
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-		return none
-	}
-	unix.CloseOnExec(fd)
+	fd := TakeFD(EnvFallback)
 	var args []string
-	if err := json.Unmarshal([]byte(a), &args); err != nil || len(args) == 0 {
-		unix.Close(fd)
-		return none
+	if fd < 0 || json.Unmarshal([]byte(a), &args) != nil || len(args) == 0 {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return Fallback{FD: -1}
 	}
 	return Fallback{FD: fd, Args: args}
 }

@@ -293,20 +293,51 @@ func Take() (*State, error) {
 // it prints Version: a binary that reads another format must not be
 // exec'd into, since it could not take the clients over.
 func CheckProgram(exe string, timeout time.Duration) error {
-	if exe == "" {
-		return errors.New("the daemon's binary path is unknown")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, exe, VersionFlag).Output()
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s %s: no answer within %v", exe, VersionFlag, timeout)
-	}
+	out, _, err := probe(exe, timeout, VersionFlag)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", exe, VersionFlag, err)
+		return err
 	}
-	if got := strings.TrimSpace(string(out)); got != strconv.Itoa(Version) {
+	if got := strings.TrimSpace(out); got != strconv.Itoa(Version) {
 		return fmt.Errorf("%s speaks handover version %q, this daemon %d", exe, got, Version)
 	}
 	return nil
+}
+
+// CheckConfig runs exe CheckFlag args, for at most timeout: the new binary
+// says whether it would start with the daemon's command line args. It
+// reports legacy, and no error, for a binary older than CheckFlag, which
+// cannot say (and reads only what v0.1.0 wrote).
+func CheckConfig(exe string, args []string, timeout time.Duration) (legacy bool, err error) {
+	_, stderr, err := probe(exe, timeout, append([]string{CheckFlag}, args...)...)
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return false, nil
+	case !errors.As(err, &exit):
+		return false, err
+	case strings.Contains(stderr, "flag provided but not defined: -"+strings.TrimLeft(CheckFlag, "-")):
+		return true, nil
+	}
+	return false, fmt.Errorf("the new program would not start: %s", strings.TrimSpace(stderr))
+}
+
+// probe runs exe with args for at most timeout and returns what it
+// printed; the error says which probe failed and how.
+func probe(exe string, timeout time.Duration, args ...string) (stdout, stderr string, err error) {
+	if exe == "" {
+		return "", "", errors.New("the daemon's binary path is unknown")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		return "", "", fmt.Errorf("%s %s: no answer within %v", exe, args[0], timeout)
+	}
+	if err != nil {
+		err = fmt.Errorf("%s %s: %w", exe, args[0], err)
+	}
+	return out.String(), errOut.String(), err
 }

@@ -217,3 +217,24 @@ func TestTotals(t *testing.T) {
 	assert.Equal(t, s, back.Totals.Stats())
 	assert.Equal(t, broker.Stats{}, (*Totals)(nil).Stats(), "what v0.1.0 wrote has none")
 }
+
+// TestCheckConfig runs real programs as the new binary's configuration
+// check: one that accepts, one that refuses, and one too old to know it.
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755))
+		return p
+	}
+	legacy, err := CheckConfig(script("ok", `[ "$1" = --handover-check ] && [ "$2" = --socket ]`), []string{"--socket", "/s"}, time.Minute)
+	assert.NoError(t, err)
+	assert.False(t, legacy)
+	_, err = CheckConfig(script("refuses", `echo "one-socket: policy: bad" >&2; exit 1`), nil, time.Minute)
+	assert.EqualError(t, err, "the new program would not start: one-socket: policy: bad")
+	legacy, err = CheckConfig(script("old", `echo "flag provided but not defined: -handover-check" >&2; exit 2`), nil, time.Minute)
+	assert.NoError(t, err)
+	assert.True(t, legacy)
+	_, err = CheckConfig(filepath.Join(dir, "missing"), nil, time.Minute)
+	assert.ErrorContains(t, err, "no such file")
+}
