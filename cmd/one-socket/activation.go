@@ -19,25 +19,31 @@ const (
 	fdNameControl = "control"
 	fdNameClient  = "client"
 	fdNameState   = "state"
+	// roleWaiter is the role of a waiting client's own copy, FDNAME=w<id>
+	// (crash.go).
+	roleWaiter = "waiter"
 )
 
 // activated holds what a service manager passed: the listening sockets
 // (either may be nil) and, after a restart under systemd with --fdstore,
 // the clients and state description the previous instance put in the
-// file descriptor store (fdstore.go). The daemon owns all of it and must
+// file descriptor store (fdstore.go), and the waiting clients it kept
+// there for a crash (crash.go). The daemon owns all of it and must
 // never unlink the socket files: the service manager created them, or
 // keeps them for the next instance.
 type activated struct {
 	broker, control *net.UnixListener
-	clients         []int    // stored client connections, close-on-exec
-	state           *os.File // the stored description, or nil
+	clients         []int          // stored client connections, close-on-exec
+	kept            map[int]uint64 // waiting clients stored one by one: descriptor to id
+	state           *os.File       // the stored description, or nil
 }
 
 // takeActivated returns what socket activation passed to process pid, or
 // nil when nothing was. The descriptor named "broker" is the broker
-// socket, "control" the control socket; "client" and "state" come from the
-// file descriptor store; a single descriptor with another name (or none)
-// is the broker socket. On error every passed descriptor is closed.
+// socket, "control" the control socket; "client", "state" and w<id> come
+// from the file descriptor store; a single descriptor with another name
+// (or none) is the broker socket. On error every passed descriptor is
+// closed.
 func takeActivated(pid int) (*activated, error) {
 	ds, err := systemd.ListenFDs(pid)
 	if err != nil || len(ds) == 0 {
@@ -58,6 +64,12 @@ func takeActivated(pid int) (*activated, error) {
 		switch role {
 		case fdNameClient:
 			act.clients = append(act.clients, d.FD)
+			continue
+		case roleWaiter:
+			if act.kept == nil {
+				act.kept = make(map[int]uint64)
+			}
+			act.kept[d.FD], _ = waiterID(d.Name)
 			continue
 		case fdNameState:
 			act.state = os.NewFile(uintptr(d.FD), fdNameState)
@@ -95,6 +107,10 @@ func activationRoles(names []string) ([]string, error) {
 		case fdNameClient:
 			roles[i] = name
 		default:
+			if _, ok := waiterID(name); ok {
+				roles[i] = roleWaiter
+				continue
+			}
 			unnamed = append(unnamed, i)
 		}
 	}
@@ -139,8 +155,11 @@ func (a *activated) close() {
 	for _, fd := range a.clients {
 		unix.Close(fd)
 	}
+	for fd := range a.kept {
+		unix.Close(fd)
+	}
 	if a.state != nil {
 		a.state.Close()
 	}
-	a.broker, a.control, a.clients, a.state = nil, nil, nil, nil
+	a.broker, a.control, a.clients, a.kept, a.state = nil, nil, nil, nil, nil
 }

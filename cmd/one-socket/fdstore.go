@@ -76,16 +76,18 @@ func (d *instance) stopIntoStore() {
 	storeListener(ctlFD, fdNameControl, &d.ctlSock)
 	d.removeSockets()
 
+	// Clients kept for a crash are in the store already, under names of
+	// their own; the description covers them too. It is stored even with
+	// no client, for the counters.
 	desc, fds := handover.ForStore(st.Conns, time.Now())
 	desc.Counts.Listeners = listeners
 	desc.Totals = handover.TotalsOf(d.b.Stats())
-	clients := 0
-	if len(fds) > 0 {
-		clients, err = d.storeClients(desc, fds)
-		if err != nil {
-			log.Warn("cannot store every client; the rest are disconnected", "stored", clients, "clients", len(fds), "err", err)
-		}
+	kept := len(desc.Conns) - len(fds)
+	sent, err := d.storeClients(desc, fds)
+	if err != nil {
+		log.Warn("cannot store every client; the rest are disconnected", "stored", sent, "clients", len(fds), "err", err)
 	}
+	clients := kept + sent
 	if max, ok := fdStoreMax(); ok && clients+listeners+1 > max {
 		log.Warn("more descriptors than FileDescriptorStoreMax=; systemd keeps only the first", "stored", clients+listeners+1, "max", max)
 	}
@@ -129,29 +131,35 @@ func fdStoreMax() (int, bool) {
 	return n, err == nil && n > 0
 }
 
-// takeStored matches the stored clients that act holds with the stored
-// description and takes them out of act, which keeps only the listeners.
-// It returns nil when nothing was stored. On error every client is closed,
-// and the result says how many: the store must be emptied all the same.
+// takeStored takes the clients that act holds from the store out of it
+// (act keeps only the listeners): those a stop stored, matched with the
+// stored description, and those kept one by one for a crash. It returns
+// nil when nothing was stored. Clients a stop stored without a
+// description are closed, and the error says how many.
 func takeStored(act *activated, now time.Time) (*handover.Restored, error) {
-	if act == nil || (act.state == nil && len(act.clients) == 0) {
+	if act == nil || (act.state == nil && len(act.clients) == 0 && len(act.kept) == 0) {
 		return nil, nil
 	}
-	clients, state := act.clients, act.state
-	act.clients, act.state = nil, nil
-	if state == nil {
-		scm.CloseAll(clients)
-		return &handover.Restored{Stray: len(clients)},
-			fmt.Errorf("%d stored clients came back without their description (FDNAME=%s); closed", len(clients), fdNameState)
+	clients, kept, state := act.clients, act.kept, act.state
+	act.clients, act.kept, act.state = nil, nil, nil
+	var desc *handover.State
+	var err error
+	if state != nil {
+		desc, err = handover.ReadStored(state)
+		state.Close()
+		if err != nil {
+			err = fmt.Errorf("stored description: %w; %d clients stored with it closed", err, len(clients))
+		}
+	} else if len(clients) > 0 {
+		err = fmt.Errorf("%d stored clients came back without their description (FDNAME=%s); closed", len(clients), fdNameState)
 	}
-	desc, err := handover.ReadStored(state)
-	state.Close()
-	if err != nil {
+	if desc == nil {
 		scm.CloseAll(clients)
-		return &handover.Restored{Stray: len(clients)},
-			fmt.Errorf("stored description: %w; %d stored clients closed", err, len(clients))
+		r := handover.Restore(nil, nil, kept, now)
+		r.Stray += len(clients)
+		return r, err
 	}
-	return desc.Match(clients, now), nil
+	return handover.Restore(desc, clients, kept, now), nil
 }
 
 // forgetStored empties the store of the clients and description this

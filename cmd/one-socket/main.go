@@ -138,6 +138,9 @@ type instance struct {
 	// handover.CheckFlag, and reads only what v0.1.0 wrote.
 	legacyTarget bool
 	fdstore      bool // stops hand the clients to the service manager's store
+	// crash keeps each waiting client in that store while it waits, for
+	// a crash (crash.go); nil without --fdstore.
+	crash *crashStore
 
 	stopReq    chan struct{} // the control socket's stop
 	upgradeReq chan struct{} // the control socket's upgrade, once checked
@@ -271,6 +274,18 @@ func (d *instance) run(stderr io.Writer) int {
 		MaxConnsPerUID:   cfg.maxConnsPerUID,
 		MaxWait:          cfg.maxWait,
 	}
+	if d.fdstore {
+		d.crash = newCrashStore(d.notify)
+		if r := boot.restored; r != nil {
+			d.crash.above(r.Conns)
+		}
+		if boot.ho != nil {
+			for _, c := range boot.ho.Conns {
+				d.crash.above([]broker.HandedConn{{Stored: c.Stored}})
+			}
+		}
+		d.bcfg.Store = d.crash
+	}
 	d.b, err = broker.New(d.brokerConfig())
 	if err != nil {
 		return d.fail(err)
@@ -325,8 +340,11 @@ func (d *instance) run(stderr io.Writer) int {
 		return d.fail(err, "socket", d.sock.path)
 	}
 	taken := 0
-	if boot.restored != nil {
-		taken = len(boot.restored.Conns)
+	if r := boot.restored; r != nil {
+		taken = len(r.Conns)
+		// Before the engine keeps any of them under a name of its own: the
+		// manager ignores a descriptor it holds already, under any name.
+		d.forgetStored()
 	}
 	if err := d.startEngine(ln); err != nil {
 		return d.fail(err)
@@ -339,9 +357,8 @@ func (d *instance) run(stderr io.Writer) int {
 	boot.report.ok()
 	d.ready()
 	if r := boot.restored; r != nil {
-		d.forgetStored()
 		log.Info("clients taken back from the service manager", "clients", taken,
-			"stored", r.Counts.Clients, "hung_up", r.Lost, "unknown", r.Stray)
+			"stored", r.Counts.Clients, "kept", r.Kept, "hung_up", r.Lost, "unknown", r.Stray)
 	}
 	d.boot = nil
 	return d.serve(sigs, hups, usr2)

@@ -172,7 +172,7 @@ func TestFDStoreRestartFromOldRelease(t *testing.T) {
 	assert.Equal(t, "8/0", storedClients(t, d1.stderr.String()))
 
 	d2 := m.start("--fdstore")
-	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=8 stored=8 hung_up=0 unknown=0")
+	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=8 stored=8 kept=0 hung_up=0 unknown=0")
 	pairWaiters(t, m.BrokerPath, ws)
 	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
 }

@@ -106,6 +106,11 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 		d.ready()
 		return err
 	}
+	if d.legacyTarget && d.crash != nil {
+		// A program older than crash survival would never remove them,
+		// and the store's copies would hold every client open.
+		d.crash.releaseAll(st.Conns)
+	}
 	stored := d.fdstore && d.storeForUpgrade(st)
 	err = d.exec(st, ctlFD)
 	// Still here: serve the State again in this process.

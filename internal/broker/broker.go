@@ -68,6 +68,11 @@ type Config struct {
 	// means half of MaxConns; negative means no cap, and no per-user
 	// shedding either (which saves reading each client's credentials).
 	MaxConnsPerUID int
+
+	// Store, when set, keeps a copy of every waiting client's connection
+	// outside the process, so that a process started after a crash can
+	// serve it (see store.go). nil keeps nothing.
+	Store ConnStore
 }
 
 // ErrClosed is returned by Serve after Shutdown.
@@ -85,6 +90,7 @@ type Broker struct {
 	maxUIDConns int
 	maxWait     time.Duration
 	auth        atomic.Pointer[Authorizer]
+	store       ConnStore
 
 	stats counters
 
@@ -107,6 +113,7 @@ func New(cfg *Config) (*Broker, error) {
 		maxConns:  cfg.MaxConns,
 		maxPerUID: cfg.MaxWaitingPerUID,
 		maxWait:   cfg.MaxWait,
+		store:     cfg.Store,
 		wakeFD:    -1,
 		done:      make(chan struct{}),
 	}

@@ -21,6 +21,7 @@ const (
 // loop.conns. Links are descriptor numbers.
 type conn struct {
 	key      string         // the key, while waiting
+	stored   uint64         // the ConnStore's id for its copy, or 0
 	slot     uint64         // index slot, while waiting
 	since    int64          // ns since loop start: accepted, or parked
 	partial  *reqBuf        // a request arriving in pieces, consumed so far
@@ -32,6 +33,8 @@ type conn struct {
 	mode     libspbroker.Mode
 	state    connState
 	polled   bool   // registered with epoll
+	reread   bool   // taken back after a crash: its request must be whole in the socket
+	drained  bool   // what was only peeked at has been consumed
 	list     listID // which deadline list holds it
 }
 
@@ -56,6 +59,7 @@ func (l *loop) track(fd int, since int64, uid uint32) *conn {
 	c.polled = false
 	c.links = unlinked
 	c.consumed = 0
+	c.stored, c.reread, c.drained = 0, false, false
 	c.uid = uid
 	l.nconns++
 	l.b.stats.conns.Add(1)
@@ -86,10 +90,8 @@ func (l *loop) drop(fd int32) {
 	}
 	l.unlist(fd)
 	l.dropPartial(c)
-	if c.consumed < libspbroker.MessageSize {
-		// Only what was peeked at is still unread.
-		l.drain(int(fd))
-	}
+	l.consumeRequest(fd)
+	l.release(c)
 	// Closing also removes fd from epoll: the engine never duplicates it.
 	unix.Close(int(fd))
 	l.forget(c)

@@ -41,6 +41,15 @@ type HandedConn struct {
 	// its stream when it was consumed rather than peeked.
 	Partial  []byte
 	Consumed int
+
+	// Stored is the ConnStore's id for the connection's copy, 0 for none:
+	// the engine that serves it releases the copy when done with it.
+	Stored uint64
+	// Reread says that nothing is known of the client but that its
+	// request, if it has one, is whole and unread in its socket: the
+	// engine reads it again, and closes a connection that holds none
+	// (store.go). Waiting, Key, Mode, Partial and Consumed are ignored.
+	Reread bool
 }
 
 // State is an engine's listener and clients, as Handover returns them.
@@ -87,7 +96,7 @@ func (l *loop) handOver() *State {
 		if c.state == stFree {
 			continue
 		}
-		h := HandedConn{FD: fd, Since: time.Duration(now - c.since), UID: c.uid, Consumed: int(c.consumed)}
+		h := HandedConn{FD: fd, Since: time.Duration(now - c.since), UID: c.uid, Consumed: int(c.consumed), Stored: c.stored}
 		if c.state == stWaiting {
 			h.Waiting, h.Key, h.Mode = true, []byte(c.key), c.mode
 			l.dequeue(int32(fd))
@@ -118,14 +127,16 @@ func (b *Broker) ServeState(st *State) error {
 	return b.serve(st.Listener, func(l *loop) { l.adopt(st) })
 }
 
-// adopt takes over a State's clients: waiters first, oldest first, so that
-// each key's queue keeps its order; then those still sending, which may
-// pair at once with the waiters.
+// adopt takes over a State's clients: waiters and those whose request is
+// to be read again first, oldest first, so that each key's queue keeps
+// its order; then those still sending, which may pair at once with the
+// waiters.
 func (l *loop) adopt(st *State) {
 	conns := slices.Clone(st.Conns)
+	first := func(h HandedConn) bool { return h.Waiting || h.Reread }
 	slices.SortStableFunc(conns, func(a, b HandedConn) int {
-		if a.Waiting != b.Waiting {
-			if a.Waiting {
+		if first(a) != first(b) {
+			if first(a) {
 				return -1
 			}
 			return 1
@@ -148,7 +159,19 @@ func (l *loop) adopt(st *State) {
 				uid = p.UID
 			}
 		}
-		c := l.track(h.FD, l.now-int64(h.Since), uid)
+		since := l.now - int64(h.Since)
+		c := l.track(h.FD, since, uid)
+		if l.b.store != nil {
+			c.stored = h.Stored
+		}
+		if h.Reread {
+			c.reread = true
+			l.readRequest(fd, false, false)
+			if c.state == stWaiting {
+				c.since = since // park stamped it with now
+			}
+			continue
+		}
 		c.consumed = uint16(min(max(h.Consumed, 0), libspbroker.MessageSize))
 		if h.Waiting {
 			if err := libspbroker.CheckKey(h.Key); err != nil || libspbroker.CheckMode(h.Mode) != nil {

@@ -80,19 +80,21 @@ type loop struct {
 	cred             unix.Ucred       // peer's buffer
 	drainBuf         [libspbroker.MessageSize]byte
 
-	events   []unix.EpollEvent
-	ev       unix.EpollEvent
-	peek     peeker
-	send     sender
-	msg      libspbroker.Message // the request being handled
-	seed     maphash.Seed
-	pair     [2]int // a socketpair made but not yet handed out, or -1s
-	debug    bool
-	lastLog  int64 // last limit warning
-	refusals uint64
-	pausedAt int64 // listener paused since, or 0
-	pollFD   [1]unix.PollFd
-	freeBufs []*reqBuf
+	events  []unix.EpollEvent
+	ev      unix.EpollEvent
+	peek    peeker
+	send    sender
+	msg     libspbroker.Message // the request being handled
+	seed    maphash.Seed
+	pair    [2]int // a socketpair made but not yet handed out, or -1s
+	debug   bool
+	lastLog int64 // last limit warning
+	// lastStoreWarn is the last warning about the ConnStore.
+	lastStoreWarn int64
+	refusals      uint64
+	pausedAt      int64 // listener paused since, or 0
+	pollFD        [1]unix.PollFd
+	freeBufs      []*reqBuf
 }
 
 // newLoop makes the loop's epoll instance, eventfd and spare descriptor,

@@ -51,8 +51,10 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.pair = p
 		}
 		// The waiter first: if it has gone, the newcomer is still free to
-		// pair with the next one.
+		// pair with the next one. Each request is consumed just before its
+		// SET_PAIR goes out, in the order store.go explains.
 		l.dequeue(w)
+		l.consumeRequest(w)
 		if e := l.send.send(int(w), l.pair[0]); e != 0 {
 			l.b.stats.vanished.Add(1)
 			if l.debug {
@@ -61,6 +63,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.drop(w)
 			continue
 		}
+		l.consumeRequest(fd)
 		e := l.send.send(int(fd), l.pair[1])
 		if e == 0 {
 			l.b.stats.paired.Add(1)
@@ -118,6 +121,7 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	if !c.polled {
 		l.listOn(fd, onPending)
 	}
+	l.keep(fd)
 	if l.debug {
 		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode)
 	}

@@ -25,6 +25,16 @@ func (l *loop) readRequest(fd int32, rdhup, gone bool) {
 	c := &l.conns[fd]
 	if c.partial == nil {
 		n, nfds, trunc, e := l.peek.peek(int(fd))
+		if c.reread {
+			// Taken back after a crash: a whole request, or it was being
+			// paired when the crash came (store.go).
+			c.reread = false
+			if e != 0 || n < libspbroker.DocumentedMessageSize {
+				l.drop(fd)
+				return
+			}
+			l.b.stats.restored.Add(1)
+		}
 		switch {
 		case e == unix.EAGAIN:
 			if rdhup {

@@ -64,8 +64,13 @@ type Stats struct {
 	Denied    uint64 // requests the Authorizer refused
 	OverQuota uint64 // requests refused because their user had MaxWaitingPerUID waiting
 	Expired   uint64 // waiting clients disconnected after MaxWait
-	Waiting   int    // clients waiting for a peer now
-	Conns     int    // open client connections now (handshaking and waiting)
+	// Restored counts connections taken back after a crash whose request
+	// was whole (HandedConn.Reread); StoreFailed, ConnStore calls that
+	// failed (a client not kept, or a copy not released).
+	Restored    uint64
+	StoreFailed uint64
+	Waiting     int // clients waiting for a peer now
+	Conns       int // open client connections now (handshaking and waiting)
 
 	// ProtocolErrors counts violations by kind, indexed by ProtocolErrorKind.
 	ProtocolErrors [numErrKinds]uint64
@@ -92,6 +97,7 @@ func (s *Stats) SetProtocolErrorsByName(m map[string]uint64) {
 type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
 	denied, overQuota, expired, shed              atomic.Uint64
+	restored, storeFailed                         atomic.Uint64
 	waiting, conns                                atomic.Int64
 	protocol                                      [numErrKinds]atomic.Uint64
 }
@@ -100,17 +106,19 @@ type counters struct {
 func (b *Broker) Stats() Stats {
 	c := &b.stats
 	s := Stats{
-		Accepted:  c.accepted.Load(),
-		Paired:    c.paired.Load(),
-		Refused:   c.refused.Load(),
-		Shed:      c.shed.Load(),
-		TimedOut:  c.timedOut.Load(),
-		Vanished:  c.vanished.Load(),
-		Denied:    c.denied.Load(),
-		OverQuota: c.overQuota.Load(),
-		Expired:   c.expired.Load(),
-		Waiting:   int(c.waiting.Load()),
-		Conns:     int(c.conns.Load()),
+		Accepted:    c.accepted.Load(),
+		Paired:      c.paired.Load(),
+		Refused:     c.refused.Load(),
+		Shed:        c.shed.Load(),
+		TimedOut:    c.timedOut.Load(),
+		Vanished:    c.vanished.Load(),
+		Denied:      c.denied.Load(),
+		OverQuota:   c.overQuota.Load(),
+		Expired:     c.expired.Load(),
+		Restored:    c.restored.Load(),
+		StoreFailed: c.storeFailed.Load(),
+		Waiting:     int(c.waiting.Load()),
+		Conns:       int(c.conns.Load()),
 	}
 	for i := range c.protocol {
 		s.ProtocolErrors[i] = c.protocol[i].Load()
@@ -132,6 +140,8 @@ func (b *Broker) Carry(s Stats) {
 	c.denied.Add(s.Denied)
 	c.overQuota.Add(s.OverQuota)
 	c.expired.Add(s.Expired)
+	c.restored.Add(s.Restored)
+	c.storeFailed.Add(s.StoreFailed)
 	for i, n := range s.ProtocolErrors {
 		c.protocol[i].Add(n)
 	}

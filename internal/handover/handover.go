@@ -136,6 +136,12 @@ type Conn struct {
 	Since    time.Duration `json:"Since"`
 	Partial  []byte        `json:"Partial"`
 	Consumed int           `json:"Consumed"`
+	// Stored names the client's own copy in the file descriptor store
+	// (FDNAME=w<Stored>), kept for a crash; Reread, that its request is to
+	// be read again from its socket. Neither is in what v0.1.0 wrote, nor
+	// written for it: it refuses fields it does not know.
+	Stored uint64 `json:"stored,omitempty"`
+	Reread bool   `json:"reread,omitempty"`
 }
 
 // Counts is what a stop put in the store, for the next start's log line.
@@ -147,13 +153,13 @@ type Counts struct {
 // FromEngine describes one of the engine's connections.
 func FromEngine(h broker.HandedConn) Conn {
 	return Conn{FD: h.FD, Waiting: h.Waiting, Key: h.Key, Mode: h.Mode, UID: h.UID,
-		Since: h.Since, Partial: h.Partial, Consumed: h.Consumed}
+		Since: h.Since, Partial: h.Partial, Consumed: h.Consumed, Stored: h.Stored, Reread: h.Reread}
 }
 
 // Engine is the connection as the engine takes it, on descriptor fd.
 func (c Conn) Engine(fd int) broker.HandedConn {
 	return broker.HandedConn{FD: fd, Waiting: c.Waiting, Key: c.Key, Mode: c.Mode, UID: c.UID,
-		Since: c.Since, Partial: c.Partial, Consumed: c.Consumed}
+		Since: c.Since, Partial: c.Partial, Consumed: c.Consumed, Stored: c.Stored, Reread: c.Reread}
 }
 
 // Decode reads one State from r, refusing fields it does not know and any

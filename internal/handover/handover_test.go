@@ -76,14 +76,14 @@ func TestGolden(t *testing.T) {
 // here fails it.
 func TestEngineRoundTrip(t *testing.T) {
 	h := broker.HandedConn{FD: 9, Waiting: true, Key: []byte("k"), Mode: spb.ModeClient, UID: 7,
-		Since: time.Second, Partial: []byte{1}, Consumed: 12}
+		Since: time.Second, Partial: []byte{1}, Consumed: 12, Stored: 5, Reread: true}
 	assert.Equal(t, h, FromEngine(h).Engine(9))
 	// A new engine field must be carried through Conn too.
 	var names []string
 	for f := range reflect.TypeOf(h).Fields() {
 		names = append(names, f.Name)
 	}
-	assert.Equal(t, []string{"FD", "Waiting", "Key", "Mode", "UID", "Since", "Partial", "Consumed"}, names,
+	assert.Equal(t, []string{"FD", "Waiting", "Key", "Mode", "UID", "Since", "Partial", "Consumed", "Stored", "Reread"}, names,
 		"broker.HandedConn changed: carry the change through Conn, FromEngine and Engine, and the Version if it changes the document")
 }
 

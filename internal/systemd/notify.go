@@ -3,6 +3,7 @@ package systemd
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -22,6 +23,13 @@ var ErrNoManager = errors.New("sd_notify: no service manager (NOTIFY_SOCKET is u
 // methods succeed except those that would hand descriptors over.
 type Notifier struct {
 	addr string // a path, or "@name" for the abstract namespace
+
+	// sock is the datagram socket every message goes out on, made at the
+	// first; it connects to nothing, so a manager that re-executes
+	// itself (and binds its socket again) is found by its address.
+	sockOnce sync.Once
+	sock     int
+	sockErr  error
 
 	mu   sync.Mutex
 	stop chan struct{} // ends the status loop; nil when none runs
@@ -70,14 +78,50 @@ func (n *Notifier) NotifyFDs(state string, fds []int) error {
 	return n.send(state, fds)
 }
 
-func (n *Notifier) send(state string, fds []int) error {
-	// A fresh socket per message, as sd_notify does: messages are rare,
-	// and nothing stays connected to a manager that re-executes itself.
-	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("sd_notify: %w", os.NewSyscallError("socket", err))
+// sendTimeout bounds a send to a manager whose queue is full: a daemon
+// that stores each waiting client sends a message per client, and must
+// not hang for good behind a manager that stopped reading.
+const sendTimeout = 5 * time.Second
+
+// socket returns the socket messages go out on, made at the first call.
+func (n *Notifier) socket() (int, error) {
+	n.sockOnce.Do(func() {
+		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			n.sock, n.sockErr = -1, fmt.Errorf("sd_notify: %w", os.NewSyscallError("socket", err))
+			return
+		}
+		tv := unix.NsecToTimeval(int64(sendTimeout))
+		if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+			unix.Close(s)
+			n.sock, n.sockErr = -1, fmt.Errorf("sd_notify: %w", os.NewSyscallError("setsockopt", err))
+			return
+		}
+		n.sock = s
+	})
+	return n.sock, n.sockErr
+}
+
+// Close closes the socket messages went out on; the Notifier must not be
+// used afterwards. A nil Notifier does nothing.
+func (n *Notifier) Close() error {
+	if n == nil {
+		return nil
 	}
-	defer unix.Close(s)
+	n.sockOnce.Do(func() { n.sock, n.sockErr = -1, net.ErrClosed })
+	if n.sock < 0 {
+		return nil
+	}
+	err := unix.Close(n.sock)
+	n.sock, n.sockErr = -1, net.ErrClosed
+	return err
+}
+
+func (n *Notifier) send(state string, fds []int) error {
+	s, err := n.socket()
+	if err != nil {
+		return err
+	}
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
