@@ -20,6 +20,9 @@ var foreignFlags = map[string]string{
 	"pkg-config-path": "meson setup",
 	"warnings":        "man (in the manual pages' check comments)",
 	"fd":              "virtiofsd",
+	"kill-who":        "systemctl kill",
+	"offline":         "systemd-analyze security",
+	"online":          "test/systemd/security.sh",
 }
 
 // hiddenDaemonFlags are flags the daemon takes but --help does not print,

@@ -68,6 +68,16 @@ func TestSystemdUnits(t *testing.T) {
 	assert.NotEqual(t, "0", svc["FileDescriptorStoreMax"][0], "--fdstore needs a store")
 }
 
+// TestSystemdSecurity holds the service's sandbox to the exposure level
+// in test/systemd/security.sh, which runs systemd-analyze security on the
+// unit as meson makes it. Without systemd-analyze it fails, as the test
+// above does: the script's 77 is no excuse either.
+func TestSystemdSecurity(t *testing.T) {
+	requireTool(t, "systemd-analyze", "systemd")
+	out, err := exec.Command(filepath.Join("..", "..", "test", "systemd", "security.sh")).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+}
+
 // TestManPage checks that one-socket(8) formats without a single groff
 // warning.
 func TestManPage(t *testing.T) {
