@@ -43,6 +43,11 @@ func main() {
 // --version, and for --detach once the daemon listens; 2 for a bad command
 // line; 1 for anything that kept the broker from starting or running.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == handover.VersionFlag || args[0] == handover.CheckFlag) {
+		// A probe of the upgrade being signalled: "systemctl kill -s USR2"
+		// reaches every process of the service, this one included.
+		signal.Ignore(syscall.SIGUSR2, syscall.SIGHUP)
+	}
 	if len(args) == 1 && args[0] == handover.VersionFlag {
 		// Hidden: an upgrade asks the new binary which format it reads.
 		fmt.Fprintln(stdout, handover.Version)

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -328,8 +329,23 @@ func CheckConfig(exe string, args []string, timeout time.Duration) (legacy bool,
 }
 
 // probe runs exe with args for at most timeout and returns what it
-// printed; the error says which probe failed and how.
+// printed; the error says which probe failed and how. A probe killed by
+// the signal that asked for the upgrade, before it could ignore it, is
+// run again.
 func probe(exe string, timeout time.Duration, args ...string) (stdout, stderr string, err error) {
+	for try := 0; ; try++ {
+		stdout, stderr, err = probeOnce(exe, timeout, args...)
+		var exit *exec.ExitError
+		if try < 2 && errors.As(err, &exit) {
+			if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() && (ws.Signal() == syscall.SIGUSR2 || ws.Signal() == syscall.SIGHUP) {
+				continue
+			}
+		}
+		return stdout, stderr, err
+	}
+}
+
+func probeOnce(exe string, timeout time.Duration, args ...string) (stdout, stderr string, err error) {
 	if exe == "" {
 		return "", "", errors.New("the daemon's binary path is unknown")
 	}

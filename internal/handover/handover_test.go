@@ -201,6 +201,12 @@ func TestCheckProgram(t *testing.T) {
 	assert.ErrorContains(t, CheckProgram(script("hangs", "exec sleep 60"), 100*time.Millisecond), "no answer within")
 	assert.ErrorContains(t, CheckProgram("", time.Minute), "binary path is unknown")
 	assert.ErrorContains(t, CheckProgram(filepath.Join(dir, "missing"), time.Minute), "no such file")
+	// Killed by the upgrade's own SIGUSR2 (systemctl kill signals every
+	// process of the unit) the first two times: asked again.
+	flaky := script("flaky", `n=$(cat "$0.n" 2>/dev/null || echo 0); echo $((n+1)) >"$0.n"; [ "$n" -lt 2 ] && kill -USR2 $$; echo 1`)
+	assert.NoError(t, CheckProgram(flaky, time.Minute))
+	assert.ErrorContains(t, CheckProgram(script("killed", "kill -USR2 $$"), time.Minute), "user defined signal 2")
+	assert.ErrorContains(t, CheckProgram(script("killed9", "kill -KILL $$"), time.Minute), "killed")
 }
 
 // TestTotals checks that an engine's counters survive the document, by
