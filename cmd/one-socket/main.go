@@ -350,6 +350,11 @@ func (d *instance) run(stderr io.Writer) int {
 		// Before the engine keeps any of them under a name of its own: the
 		// manager ignores a descriptor it holds already, under any name.
 		d.forgetStored()
+		for _, id := range r.Closed {
+			if err := d.notify.StoreRemove(waiterName(id)); err != nil {
+				d.notifyFailed(err)
+			}
+		}
 	}
 	if err := d.startEngine(ln); err != nil {
 		return d.fail(err)

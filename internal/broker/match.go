@@ -51,10 +51,12 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.pair = p
 		}
 		// The waiter first: if it has gone, the newcomer is still free to
-		// pair with the next one. Each request is consumed just before its
-		// SET_PAIR goes out, in the order store.go explains.
+		// pair with the next one. Both requests are consumed before the
+		// waiter's SET_PAIR goes out, so that nothing comes between the two
+		// SET_PAIRs but the first: store.go says why.
 		l.dequeue(w)
 		l.consumeRequest(w)
+		l.consumeRequest(fd)
 		if e := l.send.send(int(w), l.pair[0]); e != 0 {
 			l.b.stats.vanished.Add(1)
 			if l.debug {
@@ -63,7 +65,6 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.drop(w)
 			continue
 		}
-		l.consumeRequest(fd)
 		e := l.send.send(int(fd), l.pair[1])
 		if e == 0 {
 			l.b.stats.paired.Add(1)

@@ -15,13 +15,14 @@ import (
 //
 //  1. A client is kept only once it waits. A crash before that closes its
 //     connection, which it sees as the broker hanging up.
-//  2. Pairing consumes the waiter's request before its SET_PAIR is sent,
-//     and the newcomer's only after the waiter's SET_PAIR went out, before
-//     its own. A kept connection whose request is gone was being paired:
-//     the next process closes it (step 4), so no client is paired twice.
-//     A crash between the two SET_PAIRs gives the waiter an end whose
-//     peer dies with the process; the newcomer gets none, never a dead
-//     peer, and it asks again.
+//  2. Pairing consumes both requests, then sends the waiter its SET_PAIR,
+//     then the newcomer. A kept connection whose request is gone was being
+//     paired: the next process closes it (step 4), so no client is paired
+//     twice. A crash between the two SET_PAIRs gives the waiter an end
+//     whose peer dies with the process; the newcomer gets none, never a
+//     dead peer, and asks again. Nothing but the one sendmsg lies between
+//     them, to keep that window small. (A newcomer left over when the
+//     waiter had gone parks with its request consumed, so it is not kept.)
 //  3. The copy is released after both SET_PAIRs, and when a client is
 //     dropped for any other reason, after its request was consumed.
 //  4. A connection taken back must hold a whole request at once; one that
@@ -46,7 +47,7 @@ const storeWarnEvery = 10 * time.Second
 // process started after a crash could not read it again).
 func (l *loop) keep(fd int32) {
 	c := &l.conns[fd]
-	if l.b.store == nil || c.stored != 0 || c.consumed != 0 {
+	if l.b.store == nil || c.stored != 0 || c.consumed != 0 || c.drained {
 		return
 	}
 	id, err := l.b.store.Keep(int(fd))

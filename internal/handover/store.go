@@ -43,6 +43,9 @@ type Restored struct {
 	Lost   int                 // described, but not passed back: hung up meanwhile
 	Stray  int                 // passed back without a description: closed
 	Kept   int                 // stored while waiting, with no description: read again
+	// Closed lists the ids of kept copies closed here as unusable (no
+	// socket): the store still holds them, for the caller to remove.
+	Closed []uint64
 	Counts Counts              // what the stop that stored them counted
 	Totals *Totals             // the engine's counters when they were stored, or nil
 }
@@ -86,7 +89,10 @@ func Restore(desc *State, fds []int, kept map[int]uint64, now time.Time) *Restor
 	byIno := make(map[uint64]int, len(fds)+len(kept))
 	stray := func(fd int) {
 		unix.Close(fd)
-		delete(kept, fd)
+		if id, ok := kept[fd]; ok {
+			r.Closed = append(r.Closed, id)
+			delete(kept, fd)
+		}
 		r.Stray++
 	}
 	add := func(fd int) {
