@@ -126,6 +126,8 @@ type RetryError struct {
 	Attempts int   // the attempts made, including one the context cut short
 }
 
+// Error says that the context ended, after how many attempts, and how the
+// last one failed.
 func (e *RetryError) Error() string {
 	return fmt.Sprintf("spbroker: get pair: %v after %d attempts; the last failure: %v", e.Err, e.Attempts, e.Last)
 }
