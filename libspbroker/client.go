@@ -178,14 +178,27 @@ func rawErr(err error) error {
 // GET_PAIR, waits for SET_PAIR and closes the broker connection. Canceling
 // ctx closes the broker connection at once, so the broker forgets the
 // request, and GetPair returns an error wrapping ctx.Err().
+//
+// GetPair rides out a broker restart: when the connection ends without a
+// SET_PAIR, or cannot be made because no broker listens yet, it asks again,
+// waiting longer each time (10ms, doubling, up to a second), until ctx
+// ends; see [Config] for the errors it retries and for turning that off.
+// A broker that refuses a request (its policy, a quota, --max-wait,
+// one-socketctl drop) only closes the connection, which looks the same to
+// the client: such a request is asked again until ctx ends, and the error
+// then, a [*RetryError], wraps the last refusal. GetPair is
+// (*Config)(nil).GetPair.
 func GetPair(ctx context.Context, path string, key []byte, mode Mode) (*os.File, error) {
-	addr := &net.UnixAddr{Name: path, Net: "unix"}
-	if err := checkGetPair(key, mode); err != nil {
-		return nil, &net.OpError{Op: OpSend, Net: "unix", Addr: addr, Err: err}
-	}
+	return (*Config)(nil).GetPair(ctx, path, key, mode)
+}
+
+// getPairOnce is one attempt of GetPair, on a key and mode already
+// checked: dial, send, receive, close. It returns the step it got to and,
+// if ctx ended during the attempt, an error wrapping ctx.Err().
+func getPairOnce(ctx context.Context, addr *net.UnixAddr, key []byte, mode Mode) (string, *os.File, error) {
 	op := OpDial
 	f, err := func() (*os.File, error) {
-		c, err := DialContext(ctx, path)
+		c, err := DialContext(ctx, addr.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -199,25 +212,14 @@ func GetPair(ctx context.Context, path string, key []byte, mode Mode) (*os.File,
 		op = OpReceive
 		return c.ReceiveSetPair()
 	}()
-	if err != nil && ctx.Err() != nil {
-		// What failed is a symptom (a closed connection); say why.
-		return nil, &net.OpError{Op: op, Net: "unix", Addr: addr, Err: ctx.Err()}
-	}
-	return f, err
+	return op, f, err
 }
 
 // GetPairConn is GetPair for a caller that wants the connection to its
-// peer as a *net.UnixConn, which the caller owns and closes.
+// peer as a *net.UnixConn, which the caller owns and closes. It is
+// (*Config)(nil).GetPairConn.
 func GetPairConn(ctx context.Context, path string, key []byte, mode Mode) (*net.UnixConn, error) {
-	f, err := GetPair(ctx, path, key, mode)
-	if err != nil {
-		return nil, err
-	}
-	c, err := scm.UnixConn(f)
-	if err != nil {
-		return nil, &net.OpError{Op: OpReceive, Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: err}
-	}
-	return c, nil
+	return (*Config)(nil).GetPairConn(ctx, path, key, mode)
 }
 
 // DefaultSocketPath returns the broker socket a program should use when

@@ -8,7 +8,9 @@
 //
 // The package mirrors the C library's headers: [Message] and its constants
 // follow proto.h; [Dial], [Conn.SendGetPair], [Conn.ReceiveSetPair] and
-// [GetPair] follow helper.h. The lower-level [Connect], [SendGetPair] and
+// [GetPair] follow helper.h, except that GetPair, unlike sp_broker_get_pair,
+// asks again through a restart of the broker until its context ends
+// ([Config] turns that off). The lower-level [Connect], [SendGetPair] and
 // [ReceiveSetPair] work on raw descriptors owned by the caller, for code that
 // runs its own event loop. Every function says who owns the descriptors it
 // returns; none of them closes a descriptor the caller passed in. The client

@@ -24,3 +24,22 @@ func ReadSetPairFrom(recv func(p, oob []byte, st int) (n, oobn, flags int, err e
 		return recv(p, oob, int(st))
 	})
 }
+
+// Backoff is the wait after the nth failed attempt of GetPair, with the
+// jitter given instead of drawn.
+func Backoff(n int, limit time.Duration, jitter float64) time.Duration {
+	return backoff(n, limit, jitter)
+}
+
+// Retryable reports whether GetPair asks again after err.
+func Retryable(err error) bool { return retryable(err) }
+
+// SetRetryHook makes GetPair call hook with each failure it is about to
+// retry, and returns a function that removes it.
+func SetRetryHook(hook func(error)) (restore func()) {
+	testHookRetry.Store(&hook)
+	return func() { testHookRetry.Store(nil) }
+}
+
+// MaxBackoffOf is the cap on the waits of c's GetPair.
+func MaxBackoffOf(c *Config) time.Duration { return c.maxBackoff() }

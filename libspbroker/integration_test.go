@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
+		defer removeDaemon()
 		path := filepath.Join(dir, "one.socket")
 		b, done, err := serveBroker(path)
 		if err != nil {
@@ -41,11 +42,16 @@ func TestMain(m *testing.M) {
 
 // serveBroker runs the real pairing engine on a new socket at path.
 func serveBroker(path string) (*broker.Broker, <-chan error, error) {
+	return serveBrokerWith(path, &broker.Config{MaxConns: 1024})
+}
+
+// serveBrokerWith is serveBroker with the engine's configuration cfg.
+func serveBrokerWith(path string, cfg *broker.Config) (*broker.Broker, <-chan error, error) {
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, nil, err
 	}
-	b, err := broker.New(&broker.Config{MaxConns: 1024})
+	b, err := broker.New(cfg)
 	if err != nil {
 		ln.Close()
 		return nil, nil, err
@@ -76,13 +82,20 @@ func serveBroker(path string) (*broker.Broker, <-chan error, error) {
 func startBroker(t testing.TB) (*broker.Broker, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "one.socket")
-	b, done, err := serveBroker(path)
+	return startBrokerAt(t, path, &broker.Config{MaxConns: 1024}), path
+}
+
+// startBrokerAt runs the real pairing engine, configured by cfg, on a new
+// socket at path until the test ends.
+func startBrokerAt(t testing.TB, path string, cfg *broker.Config) *broker.Broker {
+	t.Helper()
+	b, done, err := serveBrokerWith(path, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		b.Shutdown()
 		require.ErrorIs(t, <-done, broker.ErrClosed)
 	})
-	return b, path
+	return b
 }
 
 type pairResult struct {

@@ -86,7 +86,9 @@ func waiters(path string, n int) error {
 	io.Copy(io.Discard, bufio.NewReader(os.Stdin))
 	failed := 0
 	for i, fd := range fds {
-		peer, err := libspbroker.GetPair(context.Background(), path, []byte(fmt.Sprintf("w-%s-%d", run, i)), libspbroker.ModeClient)
+		// Without retries: a client the broker refuses counts as a failure
+		// instead of asking for ever.
+		peer, err := (&libspbroker.Config{NoRetry: true}).GetPair(context.Background(), path, []byte(fmt.Sprintf("w-%s-%d", run, i)), libspbroker.ModeClient)
 		if err == nil {
 			var mine int
 			mine, err = libspbroker.ReceiveSetPair(fd)

@@ -403,7 +403,7 @@ func TestAttackLogForgery(t *testing.T) {
 	key := []byte("x\ntime=2026-01-01T00:00:00Z level=ERROR msg=\"forged\" $(reboot)")
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	_, err := spb.GetPair(ctx, sock, key, spb.ModeClient)
+	_, err := getPair(ctx, sock, key, spb.ModeClient)
 	require.Error(t, err)
 	line := d.waitLog("request denied")
 	assert.Contains(t, line, `key=x\x0atime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3d\x22forged\x22\x20\x24\x28reboot\x29 `)
@@ -481,13 +481,13 @@ func BenchmarkPairUnderFlood(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		errs := make(chan error, 1)
 		go func() {
-			f, err := spb.GetPair(ctx, sock, []byte("victim"), spb.ModeServer)
+			f, err := getPair(ctx, sock, []byte("victim"), spb.ModeServer)
 			if err == nil {
 				f.Close()
 			}
 			errs <- err
 		}()
-		f, err := spb.GetPair(ctx, sock, []byte("victim"), spb.ModeClient)
+		f, err := getPair(ctx, sock, []byte("victim"), spb.ModeClient)
 		if err == nil {
 			f.Close()
 		}

@@ -136,7 +136,7 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	// The half-sent request became a waiter like the others.
 	hc, ok := half.(*net.UnixConn)
 	require.True(t, ok)
-	f, err := spb.GetPair(t.Context(), m.BrokerPath, halfKey, spb.ModeClient)
+	f, err := getPair(t.Context(), m.BrokerPath, halfKey, spb.ModeClient)
 	require.NoError(t, err)
 	defer f.Close()
 	g := receiveSetPair(t, hc)

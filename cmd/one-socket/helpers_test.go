@@ -27,6 +27,11 @@ import (
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
+// getPair is libspbroker's GetPair without its retries: these tests watch
+// every connection the daemon ends (a refusal, an expiry, a client lost in
+// an upgrade), which a client that asks again would hide.
+var getPair = (&spb.Config{NoRetry: true}).GetPair
+
 // testVersion is linked into the daemon under test, to check --version.
 const testVersion = "v0.0.0-test"
 
@@ -278,7 +283,7 @@ func pairOnce(t *testing.T, path string) {
 	results := make(chan result, 2)
 	for _, mode := range []spb.Mode{spb.ModeServer, spb.ModeClient} {
 		go func() {
-			f, err := spb.GetPair(ctx, path, key, mode)
+			f, err := getPair(ctx, path, key, mode)
 			results <- result{f, err}
 		}()
 	}

@@ -98,7 +98,7 @@ func TestInteropRawAndGoClient(t *testing.T) {
 	key := uniqueKey("interop-go")
 
 	c := startRawClient(ctx, bin, path, string(key), "server", "hello from C")
-	f, err := spb.GetPair(ctx, path, key, spb.ModeClient)
+	f, err := getPair(ctx, path, key, spb.ModeClient)
 	require.NoError(t, err)
 	defer f.Close()
 	conn := asConn(t, f)

@@ -48,7 +48,7 @@ func pairHelper(spec string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	f, err := spb.GetPair(ctx, parts[0], []byte(parts[1]), mode)
+	f, err := getPair(ctx, parts[0], []byte(parts[1]), mode)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -114,7 +114,7 @@ func serveOne(t *testing.T, path, key string) <-chan string {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	t.Cleanup(cancel)
 	go func() {
-		f, err := spb.GetPair(ctx, path, []byte(key), spb.ModeServer)
+		f, err := getPair(ctx, path, []byte(key), spb.ModeServer)
 		if err != nil {
 			got <- "error: " + err.Error()
 			return
@@ -216,7 +216,7 @@ func TestPolicy(t *testing.T) {
 	// Root may serve any key, but not connect as a client.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := spb.GetPair(ctx, path, []byte("nobody-3"), spb.ModeClient)
+	_, err := getPair(ctx, path, []byte("nobody-3"), spb.ModeClient)
 	require.Error(t, err, "root was let in as a client")
 	assert.EqualValues(t, 3, status(t, ctl)["denied_total"])
 	line := d.waitLog("request denied")
@@ -305,7 +305,7 @@ func TestMaxWaitingPerUID(t *testing.T) {
 	parked := make(chan error, 2)
 	for i := range 2 {
 		go func() {
-			f, err := spb.GetPair(ctx, path, fmt.Appendf(nil, "quota-%d", i), spb.ModeServer)
+			f, err := getPair(ctx, path, fmt.Appendf(nil, "quota-%d", i), spb.ModeServer)
 			if f != nil {
 				f.Close()
 			}
@@ -313,7 +313,7 @@ func TestMaxWaitingPerUID(t *testing.T) {
 		}()
 	}
 	waitWaiting(t, ctl, 2)
-	_, err := spb.GetPair(ctx, path, []byte("quota-3"), spb.ModeServer)
+	_, err := getPair(ctx, path, []byte("quota-3"), spb.ModeServer)
 	require.Error(t, err, "a third waiter was let in")
 	st := status(t, ctl)
 	assert.EqualValues(t, 1, st["over_quota_total"])
@@ -322,7 +322,7 @@ func TestMaxWaitingPerUID(t *testing.T) {
 	// Once one of them is paired, there is room again.
 	pairDone := make(chan error, 1)
 	go func() {
-		f, err := spb.GetPair(ctx, path, []byte("quota-0"), spb.ModeClient)
+		f, err := getPair(ctx, path, []byte("quota-0"), spb.ModeClient)
 		if f != nil {
 			f.Close()
 		}
@@ -346,7 +346,7 @@ func TestMaxWait(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err := spb.GetPair(ctx, path, []byte("lonely"), spb.ModeServer)
+	_, err := getPair(ctx, path, []byte("lonely"), spb.ModeServer)
 	require.Error(t, err)
 	waited := time.Since(start)
 	assert.GreaterOrEqual(t, waited, 300*time.Millisecond)

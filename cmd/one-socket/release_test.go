@@ -148,7 +148,7 @@ func TestUpgradeFromOldRelease(t *testing.T) {
 	pairWaiters(t, sock, ws)
 	_, err = half.Write(wire[7:])
 	require.NoError(t, err)
-	f, err := spb.GetPair(t.Context(), sock, halfKey, spb.ModeClient)
+	f, err := getPair(t.Context(), sock, halfKey, spb.ModeClient)
 	require.NoError(t, err)
 	defer f.Close()
 	g := receiveSetPair(t, half.(*net.UnixConn))

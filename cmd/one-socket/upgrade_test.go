@@ -90,7 +90,7 @@ func pairWaiters(t *testing.T, path string, ws []waiter) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, w := range ws {
-		f, err := spb.GetPair(ctx, path, w.key, spb.ModeClient)
+		f, err := getPair(ctx, path, w.key, spb.ModeClient)
 		require.NoError(t, err)
 		require.NoError(t, w.conn.SetDeadline(time.Now().Add(10*time.Second)))
 		g, err := w.conn.ReceiveSetPair()
@@ -141,7 +141,7 @@ func TestUpgradeBySIGUSR2(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for _, c := range []*spb.Conn{first, second} {
-		f, err := spb.GetPair(ctx, sock, key, spb.ModeClient)
+		f, err := getPair(ctx, sock, key, spb.ModeClient)
 		require.NoError(t, err)
 		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
 		g, err := c.ReceiveSetPair()
@@ -155,7 +155,7 @@ func TestUpgradeBySIGUSR2(t *testing.T) {
 	// The half-sent request completes.
 	_, err = half.Write(wire[len(wire)/2:])
 	require.NoError(t, err)
-	f, err := spb.GetPair(ctx, sock, halfKey, spb.ModeClient)
+	f, err := getPair(ctx, sock, halfKey, spb.ModeClient)
 	require.NoError(t, err)
 	f.Close()
 	buf := make([]byte, spb.MessageSize)
@@ -257,7 +257,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			errs := make(chan error, 2)
 			for _, mode := range []spb.Mode{spb.ModeServer, spb.ModeClient} {
 				go func() {
-					f, err := spb.GetPair(ctx, sock, key, mode)
+					f, err := getPair(ctx, sock, key, mode)
 					if f != nil {
 						f.Close()
 					}
@@ -367,7 +367,7 @@ func TestUpgradeRefusedBadPolicy(t *testing.T) {
 	waitWaiting(t, ctl, 1)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	_, err := spb.GetPair(ctx, sock, ws[1].key, spb.ModeClient)
+	_, err := getPair(ctx, sock, ws[1].key, spb.ModeClient)
 	require.Error(t, err, "a request was let through with no policy in force")
 	d.waitLogCount("request denied", 1)
 	waitWaiting(t, ctl, 1)

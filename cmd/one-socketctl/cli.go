@@ -35,6 +35,7 @@ type options struct {
 	listenModeSet bool
 	wait          time.Duration
 	handoff       bool
+	noRetry       bool // pair: the first failure to reach the broker is final
 
 	command string
 	args    []string // the command's arguments
@@ -75,7 +76,7 @@ var commands = []*command{
 	{name: "pair", synopsis: "KEY [-- CMD [ARG...]]",
 		help: "get a pair: bridge it to stdin/stdout, or to CMD as fd 3",
 		flags: []string{"socket", "timeout", "hex", "mode",
-			"listening-fd", "connect", "listen", "listen-mode", "wait", "handoff"},
+			"listening-fd", "connect", "listen", "listen-mode", "wait", "handoff", "no-retry"},
 		min: 1, max: 1, run: (*app).pair},
 	{name: "help", synopsis: "[COMMAND]", help: "print this help", max: 1},
 }
@@ -146,6 +147,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 		return nil
 	})
 	set.BoolVar(&o.handoff, "handoff", false, "")
+	set.BoolVar(&o.noRetry, "no-retry", false, "")
 	set.BoolVar(&o.help, "help", false, "")
 	set.BoolVar(&o.help, "h", false, "")
 	set.BoolVar(&o.version, "version", false, "")
@@ -358,6 +360,9 @@ Flags (before or after the command):
                       or PATH to appear (default 30s)
   --handoff           pair: with one-socketctl --handoff on the other end,
                       hand the connection over instead of relaying
+  --no-retry          pair: fail at once when the broker cannot be reached
+                      or ends the connection without a pair, instead of
+                      asking again until --timeout (a restart, a refusal)
   --version           print one-socketctl's version and exit
   -h, --help          print this help and exit
 

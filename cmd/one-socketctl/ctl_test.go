@@ -45,6 +45,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"status", "--ctl-socket"}, "flag --ctl-socket needs a value"},
 		{[]string{"status", "--mode", "client"}, "status does not take --mode"},
 		{[]string{"list", "--hex"}, "list does not take --hex"},
+		{[]string{"stop", "--no-retry"}, "stop does not take --no-retry"},
+		{[]string{"pair", "k", "--no-retry=maybe"}, `invalid value "maybe" for --no-retry`},
 		{[]string{"drop"}, "drop needs KEY"},
 		{[]string{"drop", "a", "b"}, `drop: unexpected argument "b"`},
 		{[]string{"drop", "--hex", "zz"}, `drop: KEY "zz" is not hexadecimal`},
@@ -96,6 +98,11 @@ func TestParseFlagsAnywhere(t *testing.T) {
 	assert.Equal(t, []string{"k"}, o.args)
 	assert.Equal(t, libspbroker.ModeServer, o.mode)
 	assert.Equal(t, []string{"sh", "-c", "--mode"}, o.exec)
+	assert.False(t, o.noRetry, "pair asks again unless told not to")
+
+	o, err = parse([]string{"pair", "--no-retry", "k"})
+	require.NoError(t, err)
+	assert.True(t, o.noRetry)
 }
 
 func TestStatus(t *testing.T) {

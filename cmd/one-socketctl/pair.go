@@ -75,7 +75,10 @@ func (a *app) pair(o *options) int {
 		ctx, cancel = context.WithTimeout(sigCtx, o.timeout)
 		defer cancel()
 	}
-	f, err := libspbroker.GetPair(ctx, path, brokerKey, o.mode)
+	// Asking again is the libraries' default: a broker that restarts
+	// (or is not up yet) costs the peer nothing but the wait.
+	cfg := &libspbroker.Config{NoRetry: o.noRetry}
+	f, err := cfg.GetPair(ctx, path, brokerKey, o.mode)
 	interrupted := sigCtx.Err() != nil
 	stopSignals()
 	if err != nil {
@@ -112,8 +115,28 @@ func (a *app) takeHandoff(f *os.File) (*os.File, error) {
 	return res.Conn.File()
 }
 
-// describePairError says in words why no pair came.
+// describePairError says in words why no pair came, and, when attempts
+// had failed before the wait ended, how the last one failed: a broker that
+// refuses the request looks like one that restarts, asked again until the
+// timeout.
 func describePairError(err error, path string, key []byte, o *options, interrupted bool) string {
+	var re *libspbroker.RetryError
+	if errors.As(err, &re) {
+		end := describeEnd(err, key, o, interrupted)
+		if end == "" {
+			end = re.Err.Error()
+		}
+		return fmt.Sprintf("%s; the last of %d attempts failed: %s", end, re.Attempts, describeAttempt(re.Last, path))
+	}
+	if end := describeEnd(err, key, o, interrupted); end != "" {
+		return end
+	}
+	return describeAttempt(err, path)
+}
+
+// describeEnd says why the wait ended, if the user ended it (a signal or
+// --timeout); "" if it failed.
+func describeEnd(err error, key []byte, o *options, interrupted bool) string {
 	switch {
 	case interrupted:
 		return fmt.Sprintf("interrupted while waiting for a peer for key %s", keyForMessage(key))
@@ -122,6 +145,13 @@ func describePairError(err error, path string, key []byte, o *options, interrupt
 			keyForMessage(key), o.mode, o.timeout, keyForMessage(relay.HandoffKey(key)))
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Sprintf("no peer for key %s (mode %v) within %v", keyForMessage(key), o.mode, o.timeout)
+	}
+	return ""
+}
+
+// describeAttempt says in words how one attempt to get a pair failed.
+func describeAttempt(err error, path string) string {
+	switch {
 	case errors.Is(err, syscall.ENOENT):
 		return fmt.Sprintf("no broker socket at %s: is one-socket running?", path)
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -129,7 +159,7 @@ func describePairError(err error, path string, key []byte, o *options, interrupt
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
 		return fmt.Sprintf("no permission to connect to %s", path)
 	case errors.Is(err, syscall.ECONNRESET):
-		return fmt.Sprintf("the broker closed the connection without a pair (it stopped, or the request was dropped): %v", err)
+		return fmt.Sprintf("the broker closed the connection without a pair (it stopped, or refused or dropped the request): %v", err)
 	}
 	return err.Error()
 }

@@ -2,15 +2,22 @@ package main
 
 import (
 	"bytes"
+	"io/fs"
 	"math/rand/v2"
+	"net"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/one-socket/one-socket/internal/broker"
 )
 
 // randomBytes returns n bytes of noise, the same for a given seed.
@@ -174,11 +181,26 @@ func TestPairInterrupted(t *testing.T) {
 
 func TestPairDropped(t *testing.T) {
 	be := startBackend(t)
-	a := start(t, testEnv(), nil, "--socket", be.socket, "pair", "doomed")
+	a := start(t, testEnv(), nil, "--socket", be.socket, "pair", "doomed", "--no-retry")
 	be.waitWaiting(t, 1)
 	assert.Equal(t, result{stdout: "dropped 1 waiting client\n"}, be.ctl(t, "drop", "doomed"))
 	assert.Equal(t, exitFailure, a.wait())
 	assert.Contains(t, a.stderr.String(), "one-socketctl: the broker closed the connection without a pair")
+}
+
+// Without --no-retry a dropped request looks like a restart: pair asks
+// again, and pairs with a peer that comes later.
+func TestPairDroppedAsksAgain(t *testing.T) {
+	be := startBackend(t)
+	a := start(t, testEnv(), strings.NewReader("from a\n"), "--socket", be.socket, "pair", "phoenix")
+	be.waitWaiting(t, 1)
+	assert.Equal(t, result{stdout: "dropped 1 waiting client\n"}, be.ctl(t, "drop", "phoenix"))
+	require.Eventually(t, func() bool { s := be.Stats(); return s.Accepted == 2 && s.Waiting == 1 }, waitFor, time.Millisecond,
+		"pair did not ask again: %+v", be.Stats())
+	b := run(t, testEnv(), "from b\n", "--socket", be.socket, "pair", "phoenix")
+	assert.Equal(t, result{stdout: "from a\n"}, b)
+	assert.Equal(t, 0, a.wait(), a.stderr.String())
+	assert.Equal(t, "from b\n", a.stdout.String())
 }
 
 func TestPairModes(t *testing.T) {
@@ -198,13 +220,95 @@ func TestPairModes(t *testing.T) {
 func TestPairNoBroker(t *testing.T) {
 	dir := shortTempDir(t)
 	missing := filepath.Join(dir, "missing.socket")
-	r := run(t, testEnv(), "", "--socket", missing, "pair", "k")
+	r := run(t, testEnv(), "", "--socket", missing, "pair", "k", "--no-retry")
 	assert.Equal(t, result{stderr: "one-socketctl: no broker socket at " + missing + ": is one-socket running?\n", code: 1}, r)
 
 	stale := filepath.Join(dir, "stale.socket")
 	staleSocket(t, stale)
-	r = run(t, testEnv(), "", "--socket", stale, "pair", "k")
+	r = run(t, testEnv(), "", "--no-retry", "--socket", stale, "pair", "k")
 	assert.Equal(t, result{stderr: "one-socketctl: nobody answers on " + stale + "\n", code: 1}, r)
+
+	// By default pair asks again until --timeout, and then says how the
+	// last attempt failed.
+	r = run(t, testEnv(), "", "--socket", missing, "pair", "k", "--timeout", "300ms")
+	assert.Equal(t, exitFailure, r.code)
+	assert.Regexp(t, `^one-socketctl: no peer for key "k" \(mode none\) within 300ms; the last of \d+ attempts failed: `+
+		`no broker socket at `+regexp.QuoteMeta(missing)+`: is one-socket running\?\n$`, r.stderr)
+	r = run(t, testEnv(), "", "--socket", stale, "pair", "k", "--timeout", "300ms")
+	assert.Regexp(t, `; the last of \d+ attempts failed: nobody answers on `+regexp.QuoteMeta(stale)+`\n$`, r.stderr)
+
+	// An interrupt says it too.
+	a := start(t, testEnv(), nil, "--socket", missing, "pair", "k")
+	assert.True(t, a.running(200*time.Millisecond), "pair gave up on a missing broker")
+	a.signal(syscall.SIGINT)
+	assert.Equal(t, exitFailure, a.wait())
+	assert.Regexp(t, `^one-socketctl: interrupted while waiting for a peer for key "k"; the last of \d+ attempts failed: `+
+		`no broker socket at `, a.stderr.String())
+}
+
+// pair started before the broker is there pairs once it is.
+func TestPairBeforeBroker(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "one.socket")
+	a := start(t, testEnv(), strings.NewReader("early\n"), "--socket", sock, "pair", "k", "--mode", "server")
+	assert.True(t, a.running(200*time.Millisecond), "pair gave up on a missing broker")
+	b, stop := serveBrokerAt(t, sock)
+	defer stop()
+	waitWaiting(t, b, 1)
+	r := run(t, testEnv(), "late\n", "--socket", sock, "pair", "k", "--mode", "client")
+	assert.Equal(t, result{stdout: "early\n"}, r)
+	assert.Equal(t, 0, a.wait(), a.stderr.String())
+	assert.Equal(t, "late\n", a.stdout.String())
+}
+
+// A broker that goes away while pair waits, and comes back on the same
+// path, gets pair's request again.
+func TestPairRidesOutRestart(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "one.socket")
+	first, stop := serveBrokerAt(t, sock)
+	a := start(t, testEnv(), strings.NewReader("before\n"), "--socket", sock, "pair", "k")
+	waitWaiting(t, first, 1)
+	stop() // disconnects the waiting pair; the socket file stays, nobody listening
+	assert.True(t, a.running(200*time.Millisecond), "pair gave up when the broker stopped")
+
+	second, stop := serveBrokerAt(t, sock)
+	defer stop()
+	waitWaiting(t, second, 1)
+	r := run(t, testEnv(), "after\n", "--socket", sock, "pair", "k")
+	assert.Equal(t, result{stdout: "before\n"}, r)
+	assert.Equal(t, 0, a.wait(), a.stderr.String())
+	assert.Equal(t, "after\n", a.stdout.String())
+}
+
+// serveBrokerAt runs a bare pairing engine on path until stop is called
+// (or the test ends). Like the daemon, it replaces a stale socket file.
+func serveBrokerAt(t *testing.T, path string) (*broker.Broker, func()) {
+	t.Helper()
+	b, err := broker.New(&broker.Config{MaxConns: 64})
+	require.NoError(t, err)
+	if err := os.Remove(path); err != nil {
+		require.ErrorIs(t, err, fs.ErrNotExist)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(ln) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			b.Shutdown()
+			assert.ErrorIs(t, <-served, broker.ErrClosed)
+		})
+	}
+	t.Cleanup(stop)
+	require.Eventually(t, func() bool { _, err := b.Waiting(); return err == nil }, waitFor, time.Millisecond)
+	return b, stop
+}
+
+// waitWaiting waits until n clients wait in b.
+func waitWaiting(t *testing.T, b *broker.Broker, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return b.Stats().Waiting == n }, waitFor, time.Millisecond,
+		"waiting clients never became %d (now %d)", n, b.Stats().Waiting)
 }
 
 func TestFDName(t *testing.T) {

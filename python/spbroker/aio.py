@@ -8,20 +8,36 @@ is awaited, never waited for: the loop runs on in between.
 
 Cancelling a task that waits (or ``asyncio.wait_for`` running out) closes
 the broker connection that ``get_pair`` opened, so the broker forgets the
-request. Sockets returned belong to the caller and are in blocking mode;
+request. ``get_pair`` rides out a restart of the broker as the blocking one
+does, asking again until its ``timeout``. Sockets returned belong to the caller and are in blocking mode;
 ``asyncio.open_unix_connection(sock=peer)`` turns one into streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import time
 from typing import List, Optional
 
 from . import client
-from .client import Key, PathArg, _check_key, _check_mode, _complete, _read_padding, _recv, connect, send_get_pair
+from .client import (
+    _RETRYABLE,
+    Key,
+    PathArg,
+    _check_key,
+    _check_mode,
+    _complete,
+    _deadline,
+    _gave_up,
+    _passed,
+    _read_padding,
+    _recv,
+    connect,
+    send_get_pair,
+)
 from .errors import BrokerClosedError, IncompleteMessageError
 from .protocol import DOCUMENTED_MESSAGE_SIZE, MESSAGE_SIZE
 
@@ -82,14 +98,57 @@ async def receive_set_pair(sock: socket.socket) -> socket.socket:
             os.close(fd)
 
 
-async def get_pair(path: PathArg, key: Key, mode: int) -> socket.socket:
+async def get_pair(
+    path: PathArg, key: Key, mode: int, timeout: Optional[float] = None, *, retry: bool = True
+) -> socket.socket:
     """Ask the broker at ``path`` for the peer of ``key`` and ``mode`` and
     return the connected socket it hands over, which the caller owns. The
-    broker connection is closed whatever happens; bound the wait with
-    ``asyncio.wait_for`` or ``asyncio.timeout``. An invalid key or mode is
-    raised before anything is connected."""
+    broker connection is closed whatever happens. An invalid key or mode is
+    raised before anything is connected.
+
+    ``timeout`` (seconds; None waits for ever) bounds the whole call, as
+    ``spbroker.get_pair``'s does, and raises ``TimeoutError``;
+    ``asyncio.wait_for`` and cancelling the task work too. Like
+    ``spbroker.get_pair``, it asks again after a failure a restarting
+    broker causes (``FileNotFoundError``, ``ConnectionRefusedError``,
+    ``ConnectionResetError`` such as ``BrokerClosedError``,
+    ``BrokenPipeError``), waiting 10ms at first and up to a second, and a
+    ``TimeoutError`` after such failures has the last one as its
+    ``__cause__``. A refused request looks the same and is asked again
+    too. ``retry=False`` raises the first failure as it is."""
     key = _check_key(key)
     mode = _check_mode(mode)
+    deadline = _deadline(timeout)
+    attempts = 0
+    last: Optional[OSError] = None
+    while True:
+        attempts += 1
+        try:
+            if deadline is None:
+                return await _get_pair_once(path, key, mode)
+            return await asyncio.wait_for(_get_pair_once(path, key, mode), max(0.0, deadline - time.monotonic()))
+        except (TimeoutError, asyncio.TimeoutError):
+            # asyncio.TimeoutError is TimeoutError only from Python 3.11.
+            if not _passed(deadline):
+                raise  # a reply that stopped half-way
+            if last is None:
+                raise TimeoutError(
+                    errno.ETIMEDOUT, "spbroker: no peer for key %r (mode %s) within %gs" % (key, mode, timeout or 0)
+                ) from None
+            raise _gave_up(key, mode, timeout, attempts, last) from last
+        except _RETRYABLE as e:
+            if not retry:
+                raise
+            last = e
+        wait = client._backoff(attempts)
+        if deadline is not None and deadline - time.monotonic() <= wait:
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            raise _gave_up(key, mode, timeout, attempts, last) from last
+        await asyncio.sleep(wait)
+
+
+async def _get_pair_once(path: PathArg, key: bytes, mode: client.Mode) -> socket.socket:
+    """One attempt of get_pair, for a key and mode already checked."""
     while True:
         try:
             sock = connect(path, nonblocking=True)

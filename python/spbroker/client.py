@@ -1,8 +1,9 @@
 """A client of the SocketPair Broker (Linux).
 
-``get_pair`` does everything in one blocking call. ``connect``,
-``send_get_pair`` and ``receive_set_pair`` are its steps, for programs that
-run an event loop and must not block while waiting for a peer.
+``get_pair`` does everything in one blocking call, and rides out a restart
+of the broker by asking again. ``connect``, ``send_get_pair`` and
+``receive_set_pair`` are its steps, for programs that run an event loop and
+must not block while waiting for a peer; they never retry.
 
 Ownership: every socket these functions return belongs to the caller, who
 must close it. None of them closes a socket the caller passed in, except
@@ -15,6 +16,7 @@ import array
 import errno
 import math
 import os
+import random
 import select
 import socket
 import time
@@ -64,6 +66,19 @@ _ANCBUF_SIZE = socket.CMSG_SPACE(_SCM_MAX_FD * array.array("i").itemsize)
 # supports it; elsewhere they are made so right after.
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+# The waits of get_pair between attempts: the first, then twice as long
+# each time up to the cap, each cut by up to half at random so that
+# clients cut off together do not all come back together.
+_INITIAL_BACKOFF = 0.01
+_MAX_BACKOFF = 1.0
+
+# What a restarting broker looks like to one attempt of get_pair: no socket
+# file yet, a socket file nobody listens on, a connection that ends without
+# a whole reply (BrokerClosedError is a ConnectionResetError), a request
+# that cannot be sent because the broker went away. get_pair asks again
+# after these, and only these.
+_RETRYABLE = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError)
 
 
 def default_socket_path() -> str:
@@ -329,7 +344,7 @@ def _complete(received: bytearray, fds: List[int], truncated: bool) -> socket.so
     return peer
 
 
-def get_pair(path: PathArg, key: Key, mode: int, timeout: Optional[float] = None) -> socket.socket:
+def get_pair(path: PathArg, key: Key, mode: int, timeout: Optional[float] = None, *, retry: bool = True) -> socket.socket:
     """Ask the broker at ``path`` for the peer of ``key`` and ``mode`` and
     return the connected socket it hands over, which the caller owns.
 
@@ -340,12 +355,82 @@ def get_pair(path: PathArg, key: Key, mode: int, timeout: Optional[float] = None
     forgets the request, and ``TimeoutError`` is raised. Errors are those
     of ``connect``, ``send_get_pair`` and ``receive_set_pair``; an invalid
     key or mode is raised before anything is connected.
+
+    It rides out a restart of the broker: after ``FileNotFoundError`` or
+    ``ConnectionRefusedError`` (no broker listening yet),
+    ``ConnectionResetError`` (``BrokerClosedError`` among them: the
+    connection ended without a reply) or ``BrokenPipeError``, it connects
+    and asks again, 10ms later at first, then twice as long each time up to
+    a second, until it is paired or ``timeout`` passes. The
+    ``TimeoutError`` then says how the last attempt failed and has that
+    error as its ``__cause__``. A broker that refuses a request (its
+    policy, a quota, ``one-socketctl drop``) only closes the connection,
+    which looks the same: such a request is asked again until ``timeout``
+    too, or for ever without one. Any other error is raised at once. With
+    ``retry=False`` the first failure is raised as it is.
     """
     key = _check_key(key)
     mode = _check_mode(mode)
+    deadline = _deadline(timeout)
+    attempts = 0
+    last: Optional[OSError] = None
+    while True:
+        attempts += 1
+        try:
+            return _get_pair_once(path, key, mode, timeout, deadline)
+        except TimeoutError:
+            if last is None or not _passed(deadline):
+                raise
+            raise _gave_up(key, mode, timeout, attempts, last) from last
+        except _RETRYABLE as e:
+            if not retry:
+                raise
+            last = e
+        wait = _backoff(attempts)
+        if deadline is not None and deadline - time.monotonic() <= wait:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            raise _gave_up(key, mode, timeout, attempts, last) from last
+        time.sleep(wait)
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """The time.monotonic() at which timeout (seconds, or None) passes."""
     if timeout is not None and not timeout >= 0:
         raise ValueError("spbroker: timeout must be None or at least 0, not %r" % (timeout,))
-    deadline = None if timeout is None else time.monotonic() + timeout
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _passed(deadline: Optional[float]) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _gave_up(key: bytes, mode: Mode, timeout: Optional[float], attempts: int, last: OSError) -> TimeoutError:
+    """The TimeoutError of a get_pair whose timeout passed after attempts
+    had failed; the caller raises it from last."""
+    return TimeoutError(
+        errno.ETIMEDOUT,
+        "spbroker: no peer for key %r (mode %s) within %gs; the last of %d attempts failed: %s"
+        % (key, mode, timeout or 0, attempts, last),
+    )
+
+
+def _backoff(attempt: int, cap: float = _MAX_BACKOFF, jitter: Optional[float] = None) -> float:
+    """The wait in seconds after the attempt-th failed attempt (from 1):
+    the initial wait doubled attempt-1 times, at most cap, then cut by up to
+    half as jitter (0 to 1, random if None) says: 0 cuts half, 1 nothing."""
+    d = min(_INITIAL_BACKOFF, cap)
+    for _ in range(1, attempt):
+        if d >= cap:
+            break
+        d = min(2 * d, cap)
+    if jitter is None:
+        jitter = random.random()
+    jitter = min(max(jitter, 0.0), 1.0)
+    return d / 2 + jitter * (d - d / 2)
+
+
+def _get_pair_once(path: PathArg, key: bytes, mode: Mode, timeout: Optional[float], deadline: Optional[float]) -> socket.socket:
+    """One attempt of get_pair, for a key and mode already checked."""
     sock = _connect_by(path, deadline)
     try:
         send_get_pair(sock, key, mode)

@@ -98,17 +98,20 @@ def short_tempdir() -> str:
 class Daemon:
     """A one-socket process on a temporary socket.
 
-    ``path`` is the broker socket (a file, or "@name" when abstract) and
-    ``ctl`` the control socket, always a file in the temporary directory.
-    Readiness is the daemon's READY=1 on a notify socket, as systemd would
-    receive it, so no test polls the broker socket to find out.
+    ``path`` is the broker socket (a file, or "@name" when abstract; a path
+    given instead is used as it is) and ``ctl`` the control socket, always
+    a file in the temporary directory. Readiness is the daemon's READY=1 on
+    a notify socket, as systemd would receive it, so no test polls the
+    broker socket to find out.
     """
 
-    def __init__(self, abstract: bool = False, extra_args: Optional[List[str]] = None) -> None:
+    def __init__(self, abstract: bool = False, extra_args: Optional[List[str]] = None, path: Optional[str] = None) -> None:
         bins = binaries()
         self.dir = short_tempdir()
         try:
-            if abstract:
+            if path is not None:
+                self.path = path
+            elif abstract:
                 self.path = "@spbroker-test-%d-%s" % (os.getpid(), uuid.uuid4().hex[:12])
             else:
                 self.path = os.path.join(self.dir, "one.socket")
@@ -125,18 +128,26 @@ class Daemon:
             if abstract:
                 # An abstract socket has no mode; the test accepts that.
                 args.append("--open-abstract")
+            self._args = args + list(extra_args or [])
+            self._env = env
             self._log = open(self.log_path, "wb")
-            self.proc = subprocess.Popen(
-                args + list(extra_args or []),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=self._log,
-            )
-            self._wait_ready()
+            self._start()
         except BaseException:
             self.stop()
             raise
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self._args, env=self._env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+        self._wait_ready()
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the daemon, as a crash would end it (its socket files
+        stay behind), and start it again on the same sockets."""
+        self.proc.kill()
+        self.proc.wait()
+        self._stopping.set()
+        self._drainer.join()
+        self._start()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + WAIT

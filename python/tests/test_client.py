@@ -406,9 +406,10 @@ class GetPairFakeTest(unittest.TestCase):
         self.assertEqual(s.open_copies(), [])
 
     def test_end_of_file(self):
+        # Without retries; with them, see test_retry.
         fb = self.fake(lambda conn: conn.shutdown(socket.SHUT_WR))
         with self.assertRaises(spbroker.BrokerClosedError):
-            spbroker.get_pair(fb.path, b"k", Mode.CLIENT, timeout=support.WAIT)
+            spbroker.get_pair(fb.path, b"k", Mode.CLIENT, timeout=support.WAIT, retry=False)
         self.assertTrue(fb.hung_up.wait(support.WAIT))
 
     def test_timeout_closes_connection(self):
@@ -438,7 +439,7 @@ class GetPairFakeTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             spbroker.get_pair(missing, b"k", Mode.NONE, timeout=-1)
         with self.assertRaises(FileNotFoundError) as cm:
-            spbroker.get_pair(missing, b"k", Mode.NONE)
+            spbroker.get_pair(missing, b"k", Mode.NONE, retry=False)
         self.assertEqual(cm.exception.filename, missing)
 
 

@@ -22,15 +22,15 @@ class Waiter:
     """get_pair in a thread, for a peer that must wait while the test goes
     on. Always with a timeout, so a broken broker cannot hang the run."""
 
-    def __init__(self, path: str, key: bytes, mode: Mode) -> None:
+    def __init__(self, path: str, key: bytes, mode: Mode, retry: bool = True) -> None:
         self.result: Optional[socket.socket] = None
         self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, args=(path, key, mode), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(path, key, mode, retry), daemon=True)
         self.thread.start()
 
-    def _run(self, path, key, mode):
+    def _run(self, path, key, mode, retry):
         try:
-            self.result = spbroker.get_pair(path, key, mode, timeout=WAIT)
+            self.result = spbroker.get_pair(path, key, mode, timeout=WAIT, retry=retry)
         except BaseException as e:
             self.error = e
 
@@ -79,8 +79,8 @@ class DaemonCase(unittest.TestCase):
     def setUp(self):
         support.forbid_unclosed(self)
 
-    def waiter(self, key: bytes, mode: Mode) -> Waiter:
-        w = Waiter(self.daemon.path, key, mode)
+    def waiter(self, key: bytes, mode: Mode, retry: bool = True) -> Waiter:
+        w = Waiter(self.daemon.path, key, mode, retry)
         self.addCleanup(lambda: w.result and w.result.close())
         return w
 
@@ -225,11 +225,21 @@ class PairTest(DaemonCase):
 
     def test_drop_ends_the_wait(self):
         key = unique_key("drop")
-        w = self.waiter(key, Mode.CLIENT)
+        w = self.waiter(key, Mode.CLIENT, retry=False)
         self.daemon.wait_waiting(key, 1)
         self.daemon.ctl_run("drop", "--hex", key.hex())
         with self.assertRaises(ConnectionResetError):
             w.get()
+
+    def test_dropped_request_is_asked_again(self):
+        # A drop looks like a restart to the client, which asks again: once
+        # drop has answered, the one waiting is a new connection.
+        key = unique_key("drop-again")
+        w = self.waiter(key, Mode.CLIENT)
+        self.daemon.wait_waiting(key, 1)
+        self.assertIn(b"dropped 1 waiting client", self.daemon.ctl_run("drop", "--hex", key.hex()).stdout)
+        self.daemon.wait_waiting(key, 1)
+        exchange(self, self.get_pair(key, Mode.SERVER), w.get())
 
     def test_keys(self):
         for key in (b"\x00", b"k", b"\xff" * 1024, bytes(range(256)) * 4, unique_key("k").ljust(1024, b"\0")):
