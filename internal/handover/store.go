@@ -39,15 +39,15 @@ func ForStore(conns []broker.HandedConn, now time.Time) (*State, []int) {
 
 // Restored is what a start took back from the store.
 type Restored struct {
-	Conns  []broker.HandedConn // matched to their description, ready to serve
-	Lost   int                 // described, but not passed back: hung up meanwhile
-	Stray  int                 // passed back without a description: closed
-	Kept   int                 // stored while waiting, with no description: read again
+	Conns []broker.HandedConn // matched to their description, ready to serve
+	Lost  int                 // described, but not passed back: hung up meanwhile
+	Stray int                 // passed back without a description: closed
+	Kept  int                 // stored while waiting, with no description: read again
 	// Closed lists the ids of kept copies closed here as unusable (no
 	// socket): the store still holds them, for the caller to remove.
 	Closed []uint64
-	Counts Counts              // what the stop that stored them counted
-	Totals *Totals             // the engine's counters when they were stored, or nil
+	Counts Counts  // what the stop that stored them counted
+	Totals *Totals // the engine's counters when they were stored, or nil
 }
 
 // ReadStored reads the State a stop stored, from f (the memfd the store
