@@ -8,6 +8,9 @@
 //	                                    run BIN ARGS as systemd would, with
 //	                                    sockets and a file descriptor store
 //	                                    in DIR, and restart it N times
+//	loadtool survive -n N (-b BIN | -s SOCKET -kill CMD) [-- ARGS...]
+//	                                    park N waiters, SIGKILL the broker,
+//	                                    and time until all of them pair again
 //
 // It speaks the protocol with raw system calls and libspbroker's encoder.
 package main
@@ -30,7 +33,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadtool waiters|hostile|manager [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadtool waiters|hostile|manager|survive [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -41,6 +44,7 @@ func main() {
 	dir := fs.String("D", "", "manager: the directory of the sockets")
 	bin := fs.String("b", "", "manager: the daemon's binary")
 	every := fs.Duration("i", 2*time.Second, "manager: time between restarts")
+	killCmd := fs.String("kill", "", "survive: the command that kills the broker at -s")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
@@ -50,6 +54,8 @@ func main() {
 		err = hostile(*sock, *dur, *rate)
 	case "manager":
 		err = manage(*dir, *bin, *n, *every, fs.Args())
+	case "survive":
+		err = survive(*sock, *bin, *killCmd, *n, fs.Args())
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

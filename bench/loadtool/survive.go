@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/one-socket/one-socket/internal/testutil"
+	"github.com/one-socket/one-socket/libspbroker"
+)
+
+// survive measures a crash: it parks n waiters, kills the broker with
+// SIGKILL, and pairs every waiter with a fresh peer at once, the peers
+// asking again (libspbroker's retries) until the next instance serves.
+// It reports the time from the kill to the first and to the last pairing.
+//
+// With bin it plays systemd itself (testutil.Manager, as `manager` does):
+// it runs bin args with --fdstore, kills it and starts it again, as
+// Restart=on-failure would, with no delay. Otherwise the broker at path
+// is killed by running killCmd (for instance "systemctl kill -s KILL
+// one-socket" under a real systemd), which must restart it.
+func survive(path, bin, killCmd string, n int, args []string) error {
+	var m *testutil.Manager
+	var cmd *exec.Cmd
+	if bin != "" {
+		dir, err := os.MkdirTemp("", "survive")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if m, err = testutil.NewManager(dir, true); err != nil {
+			return err
+		}
+		defer m.Close()
+		path = m.BrokerPath
+		if cmd, err = startManaged(m, bin, args); err != nil {
+			return err
+		}
+		defer func() {
+			if cmd != nil {
+				cmd.Process.Signal(syscall.SIGTERM)
+				cmd.Wait()
+			}
+		}()
+	}
+	run := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+	key := func(i int) []byte { return fmt.Appendf(nil, "s-%s-%d", run, i) }
+	fds := make([]int, n)
+	for i := range fds {
+		fd, err := dial(path)
+		if err != nil {
+			return fmt.Errorf("waiter %d: %w", i, err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.Write(fd, getPair(string(key(i)), libspbroker.ModeServer)); err != nil {
+			return fmt.Errorf("waiter %d: %w", i, err)
+		}
+		fds[i] = fd
+	}
+	// Let the broker park (and store) them all: a waiter it has not read
+	// yet is not kept, and is lost in the crash like any connection.
+	time.Sleep(time.Second + time.Duration(n)*20*time.Microsecond)
+
+	t0 := time.Now()
+	if cmd != nil {
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		var err error
+		if cmd, err = startManaged(m, bin, args); err != nil {
+			return fmt.Errorf("the start after the kill: %w", err)
+		}
+	} else if out, err := exec.Command("sh", "-c", killCmd).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", killCmd, err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var first, last atomic.Int64
+	var failed atomic.Int64
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := pairWaiter(ctx, path, key(i), fds[i]); err != nil {
+					if failed.Add(1) <= 5 {
+						fmt.Fprintf(os.Stderr, "waiter %d: %v\n", i, err)
+					}
+					continue
+				}
+				d := int64(time.Since(t0))
+				first.CompareAndSwap(0, d)
+				for {
+					l := last.Load()
+					if d <= l || last.CompareAndSwap(l, d) {
+						break
+					}
+				}
+			}
+		}()
+	}
+	for i := range fds {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
+	fmt.Printf("waiters=%d paired_after=%d failed=%d kill_to_first_ms=%.1f kill_to_all_ms=%.1f\n",
+		n, int64(n)-failed.Load(), failed.Load(), ms(first.Load()), ms(last.Load()))
+	if failed.Load() > 0 {
+		return fmt.Errorf("%d waiters did not pair", failed.Load())
+	}
+	return nil
+}
+
+// pairWaiter pairs the waiter on fd, which asked for key, with a new peer
+// and checks that a byte crosses.
+func pairWaiter(ctx context.Context, path string, key []byte, fd int) error {
+	peer, err := libspbroker.GetPair(ctx, path, key, libspbroker.ModeClient)
+	if err != nil {
+		return err
+	}
+	defer peer.Close()
+	mine, err := libspbroker.ReceiveSetPair(fd)
+	if err != nil {
+		return fmt.Errorf("the waiter's SET_PAIR: %w", err)
+	}
+	defer unix.Close(mine)
+	return exchange(mine, int(peer.Fd()))
+}
+
+// startManaged starts bin with args under m and waits for READY=1.
+func startManaged(m *testutil.Manager, bin string, args []string) (*exec.Cmd, error) {
+	cmd := exec.Command(bin, append([]string{"--fdstore"}, args...)...)
+	cmd.Stderr = os.Stderr
+	if err := m.Start(cmd, os.Environ()); err != nil {
+		return nil, err
+	}
+	if _, err := m.WaitFor("READY=1", 20*time.Second); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, err
+	}
+	return cmd, nil
+}
