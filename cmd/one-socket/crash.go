@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/one-socket/one-socket/internal/broker"
 	"github.com/one-socket/one-socket/internal/systemd"
@@ -56,7 +60,7 @@ func (s *crashStore) above(conns []broker.HandedConn) {
 // Keep stores a copy of fd under a new name and returns its id.
 func (s *crashStore) Keep(fd int) (uint64, error) {
 	id := s.next
-	if err := s.notify.Store(waiterName(id), []int{fd}); err != nil {
+	if err := busy(s.notify.StoreNow(waiterName(id), []int{fd})); err != nil {
 		return 0, err
 	}
 	s.next++
@@ -65,15 +69,25 @@ func (s *crashStore) Keep(fd int) (uint64, error) {
 
 // Release removes the copy stored under id.
 func (s *crashStore) Release(id uint64) error {
-	return s.notify.StoreRemove(waiterName(id))
+	return busy(s.notify.StoreRemoveNow(waiterName(id)))
 }
 
-// releaseAll removes the copies of conns and forgets their ids, for a
-// program that would never release them (one older than this mechanism).
+// busy makes a full queue at the manager the engine's ErrStoreBusy: it
+// calls again later rather than wait in its loop.
+func busy(err error) error {
+	if errors.Is(err, unix.EAGAIN) {
+		return fmt.Errorf("%w: %w", broker.ErrStoreBusy, err)
+	}
+	return err
+}
+
+// releaseAll removes the copies of conns, waiting for the manager, and
+// forgets their ids, for a program that would never remove them (one
+// older than this mechanism).
 func (s *crashStore) releaseAll(conns []broker.HandedConn) {
 	for i := range conns {
 		if id := conns[i].Stored; id != 0 {
-			s.Release(id)
+			s.notify.StoreRemove(waiterName(id))
 			conns[i].Stored = 0
 		}
 	}

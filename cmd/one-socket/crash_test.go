@@ -209,6 +209,45 @@ func crashRetry(ctx context.Context, path string, key []byte, mode spb.Mode) (*o
 	}
 }
 
+// awaitSetPair reads the SET_PAIR on c until ctx ends, without failing
+// the test from the goroutine it runs on.
+func awaitSetPair(ctx context.Context, c *net.UnixConn) (*os.File, error) {
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	defer stop()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, rerr := -1, error(nil)
+	if err := rc.Read(func(s uintptr) bool {
+		fd, rerr = spb.ReceiveSetPair(int(s))
+		return !errors.Is(rerr, unix.EAGAIN)
+	}); err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, rerr
+	}
+	return os.NewFile(uintptr(fd), "pair"), nil
+}
+
+// eofAfter checks that c ends after its SET_PAIR, with nothing more.
+func eofAfter(c *net.UnixConn) error {
+	if err := c.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		return err
+	}
+	buf := make([]byte, 2*spb.MessageSize)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if n > 0 || oobn > 0 {
+		return fmt.Errorf("%d bytes and %d of ancillary data after the SET_PAIR: paired twice", n, oobn)
+	}
+	if !errors.Is(err, io.EOF) {
+		return fmt.Errorf("after the SET_PAIR: %v, not end of file", err)
+	}
+	return nil
+}
+
 // exchangeByte sends a byte each way across two ends of a pair.
 func exchangeByte(fa, fb *os.File) error {
 	a, err := net.FileConn(fa)
@@ -315,22 +354,38 @@ func TestIntegrationCrashUnderLoad(t *testing.T) {
 		}
 	}()
 
-	// The waiters' peers arrive at random moments during the crashes.
+	// The waiters' peers arrive at random moments during the crashes. A
+	// waiter whose connection ends without a SET_PAIR (it was being paired
+	// when a crash came, and the next process closed it) asks again, as
+	// GetPair would.
 	type outcome struct {
-		peer *os.File
-		err  error
+		end   *os.File
+		err   error
+		again bool // the waiter had to ask again
 	}
 	peers := make([]outcome, parked)
+	waiters := make([]outcome, parked)
 	pctx, cancelPeers := context.WithCancel(context.Background())
 	defer cancelPeers()
 	var peersDone sync.WaitGroup
 	for i, w := range ws {
-		peersDone.Add(1)
+		peersDone.Add(2)
 		go func() {
 			defer peersDone.Done()
 			time.Sleep(time.Duration(rand.IntN(1500)) * time.Millisecond)
 			f, err := crashRetry(pctx, m.BrokerPath, w.key, spb.ModeClient)
-			peers[i] = outcome{f, err}
+			peers[i] = outcome{end: f, err: err}
+		}()
+		go func() {
+			defer peersDone.Done()
+			f, err := awaitSetPair(pctx, w.conn)
+			if err == nil {
+				err = eofAfter(w.conn)
+			} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				waiters[i].again = true
+				f, err = crashRetry(pctx, m.BrokerPath, w.key, spb.ModeServer)
+			}
+			waiters[i].end, waiters[i].err = f, err
 		}()
 	}
 
@@ -339,7 +394,7 @@ func TestIntegrationCrashUnderLoad(t *testing.T) {
 		d.kill()
 		d = m.start("--fdstore")
 	}
-	// A peer still asking long after the last crash has no waiter left.
+	// A client still asking long after the last crash has no peer left.
 	stopped := make(chan struct{})
 	go func() { peersDone.Wait(); close(stopped) }()
 	select {
@@ -351,27 +406,35 @@ func TestIntegrationCrashUnderLoad(t *testing.T) {
 	stopLoad()
 	load.Wait()
 
-	window := 0
-	for i, w := range ws {
-		o := peers[i]
-		g := receiveSetPair(t, w.conn)
-		if o.err != nil {
+	window, again := 0, 0
+	for i := range ws {
+		p, w := peers[i], waiters[i]
+		if w.again {
+			again++
+		}
+		switch {
+		case p.err == nil && w.err == nil:
+			assert.NoError(t, exchangeByte(p.end, w.end), "waiter %d and its peer are not connected to each other", i)
+		case p.err != nil && w.err == nil:
 			// The window: the waiter's end must be dead, not another's.
 			window++
-			require.NoError(t, g.SetReadDeadline(time.Now().Add(5*time.Second)))
-			n, err := g.Read(make([]byte, 1))
+			require.NoError(t, w.end.SetReadDeadline(time.Now().Add(5*time.Second)))
+			n, err := w.end.Read(make([]byte, 1))
 			assert.Zero(t, n)
 			assert.ErrorIs(t, err, io.EOF, "waiter %d: its peer never paired, yet its end is not dead", i)
-		} else {
-			assert.NoError(t, exchangeByte(o.peer, g), "waiter %d and its peer are not connected to each other", i)
-			o.peer.Close()
+		default:
+			t.Errorf("waiter %d: %v; its peer: %v", i, w.err, p.err)
 		}
-		g.Close()
-		readToEOF(t, w.conn, fmt.Sprintf("waiter %d", i))
+		for _, f := range []*os.File{p.end, w.end} {
+			if f != nil {
+				f.Close()
+			}
+		}
 	}
-	t.Logf("%d crashes; %d load pairs made; a crash between two SET_PAIRs: %d load pairs, %d waiters",
-		crashes, loadPairs.Load(), loadDead.Load(), window)
+	t.Logf("%d crashes; %d load pairs made; a crash between two SET_PAIRs: %d load pairs, %d waiters; %d waiters asked again",
+		crashes, loadPairs.Load(), loadDead.Load(), window, again)
 	assert.LessOrEqual(t, window+int(loadDead.Load()), crashes, "more pairings in the window than crashes")
+	assert.LessOrEqual(t, again, 2*crashes, "more waiters asked again than crashes could close")
 	assert.NotZero(t, loadPairs.Load())
 	assert.Zero(t, loadCrossed.Load(), "pairs whose ends were not connected to each other")
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))

@@ -110,6 +110,7 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	_, err = half.Write(wire[:100])
 	require.NoError(t, err)
 	waitWaiting(t, m.CtlPath, 41)
+	require.Eventually(t, func() bool { return m.waiters() == 41 }, 10*time.Second, time.Millisecond)
 
 	require.Equal(t, 0, d1.stop(syscall.SIGTERM))
 	assert.Equal(t, "42/0", storedClients(t, d1.stderr.String()), "the sockets are the manager's: not stored again")

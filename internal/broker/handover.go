@@ -89,6 +89,7 @@ func (b *Broker) Handover() (*State, error) {
 // handOver describes the loop's listener and clients in a State and
 // detaches them from the loop, so that closing it leaves them open.
 func (l *loop) handOver() *State {
+	l.drainStore()
 	now := l.clock()
 	st := &State{Listener: l.lfd}
 	for fd := range l.conns {

@@ -22,8 +22,9 @@ import (
 //   - one accept4 per listener event (a second call would only fail);
 //   - peek at the GET_PAIR right after accept, so a client whose peer is
 //     already waiting is paired without ever entering epoll;
-//   - park a waiting client in the index and register it with epoll only
-//     after pollDelay, since most waits are shorter than that;
+//   - park a waiting client in the index, and register it with epoll (and
+//     keep it in the ConnStore) only after pollDelay, since most waits are
+//     shorter than that;
 //   - pair by sending SET_PAIR to the waiter first: if it has gone, the
 //     newcomer is matched again and never receives a dead end.
 
@@ -35,8 +36,9 @@ import (
 // through it.
 
 // pollDelay is how long a parked client waits before the engine registers
-// it with epoll to notice hang-ups. A waiter that left earlier is caught by
-// the failed send.
+// it with epoll to notice hang-ups, and keeps it in the ConnStore. A
+// waiter that left earlier is caught by the failed send; one lost in a
+// crash earlier was asking and pairing at once, and asks again.
 const pollDelay = 500 * time.Microsecond
 
 // yieldEvery is how often the loop passes through the scheduler. A loop
@@ -51,7 +53,7 @@ type listID uint8
 const (
 	onNoList  listID = iota
 	onReading        // handshake deadline list, in accept order
-	onPending        // parked but not yet in epoll, in park order
+	onPending        // parked for less than pollDelay, in park order
 )
 
 // loop is the engine's state. Only the loop goroutine touches it; other
@@ -89,8 +91,12 @@ type loop struct {
 	pair    [2]int // a socketpair made but not yet handed out, or -1s
 	debug   bool
 	lastLog int64 // last limit warning
-	// lastStoreWarn is the last warning about the ConnStore.
-	lastStoreWarn int64
+	// The ConnStore's calls not made yet (store.go), from storeHead on;
+	// storeBusyAt is when the store last said it was busy, or 0.
+	storeQ        []storeOp
+	storeHead     int
+	storeBusyAt   int64
+	lastStoreWarn int64 // the last warning about the ConnStore
 	refusals      uint64
 	pausedAt      int64 // listener paused since, or 0
 	pollFD        [1]unix.PollFd
@@ -162,6 +168,7 @@ func (l *loop) close() {
 			l.drop(int32(fd))
 		}
 	}
+	l.drainStore()
 	l.closePair()
 	for _, fd := range []int{l.lfd, l.epfd, l.wakeFD, l.spareFD} {
 		if fd >= 0 {
@@ -282,6 +289,9 @@ func (l *loop) timeout() int {
 	if l.pausedAt != 0 {
 		earliest(l.pausedAt + int64(listenPause))
 	}
+	if l.storeBusyAt != 0 {
+		earliest(l.storeBusyAt + int64(storeRetry))
+	}
 	if !have {
 		return -1
 	}
@@ -323,7 +333,16 @@ func (l *loop) expire() {
 			break
 		}
 		l.unlist(fd)
-		l.poll(fd)
+		c := &l.conns[fd]
+		if !c.polled {
+			if l.poll(fd); c.state != stWaiting {
+				continue // dropped: epoll refused it
+			}
+		}
+		l.keep(fd)
+	}
+	if l.storeBusyAt != 0 {
+		l.flushStore()
 	}
 	l.resumeListener()
 }

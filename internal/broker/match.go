@@ -51,12 +51,13 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.pair = p
 		}
 		// The waiter first: if it has gone, the newcomer is still free to
-		// pair with the next one. Both requests are consumed before the
-		// waiter's SET_PAIR goes out, so that nothing comes between the two
-		// SET_PAIRs but the first: store.go says why.
+		// pair with the next one. Both requests are consumed before, the
+		// waiter's last, so that a crash leaves as little as it can between
+		// a waiter's consumed request and its SET_PAIR, and between the two
+		// SET_PAIRs: store.go says why.
 		l.dequeue(w)
-		l.consumeRequest(w)
 		l.consumeRequest(fd)
+		l.consumeRequest(w)
 		if e := l.send.send(int(w), l.pair[0]); e != 0 {
 			l.b.stats.vanished.Add(1)
 			if l.debug {
@@ -119,10 +120,7 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	if l.b.maxWait > 0 {
 		l.waiting.push(l.conns, fd)
 	}
-	if !c.polled {
-		l.listOn(fd, onPending)
-	}
-	l.keep(fd)
+	l.listOn(fd, onPending)
 	if l.debug {
 		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode)
 	}

@@ -28,6 +28,8 @@ type fakeStore struct {
 	// the engine must consume a request before it lets the copy go.
 	unread int
 	fail   bool // Keep fails
+	busy   bool // every call says the store is busy
+	calls  int  // calls made while not busy
 }
 
 func newFakeStore(t testing.TB) *fakeStore {
@@ -45,6 +47,10 @@ func newFakeStore(t testing.TB) *fakeStore {
 func (s *fakeStore) Keep(fd int) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.busy {
+		return 0, broker.ErrStoreBusy
+	}
+	s.calls++
 	if s.fail {
 		return 0, errors.New("store full")
 	}
@@ -60,6 +66,10 @@ func (s *fakeStore) Keep(fd int) (uint64, error) {
 func (s *fakeStore) Release(id uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.busy {
+		return broker.ErrStoreBusy
+	}
+	s.calls++
 	fd, ok := s.kept[id]
 	if !ok {
 		s.t.Errorf("release of id %d, which is not stored", id)
@@ -263,4 +273,57 @@ func serveState(t *testing.T, cfg *broker.Config, conns []broker.HandedConn) *en
 	e := &engine{Broker: b, path: path}
 	e.stall(t)()
 	return e
+}
+
+func (s *fakeStore) setBusy(b bool) {
+	s.mu.Lock()
+	s.busy = b
+	s.mu.Unlock()
+}
+
+// TestStoreBusy checks that a store that cannot keep up (systemd reads
+// its messages one at a time) never holds up pairing: the calls wait in
+// order and are made once it is free, and a waiter paired meanwhile costs
+// no call at all. The releases still due when the engine stops are made.
+func TestStoreBusy(t *testing.T) {
+	st := newFakeStore(t)
+	e := startBroker(t, &broker.Config{Store: st})
+	st.setBusy(true)
+	a := e.park(t, "a", libspbroker.ModeServer)
+	b := e.park(t, "b", libspbroker.ModeServer)
+	time.Sleep(5 * broker.PollDelay) // past the time to keep them
+	pairBoth(t, a, e.request(t, "a", libspbroker.ModeClient))
+	assert.Zero(t, st.count())
+	st.setBusy(false)
+	st.waitCount(t, 1) // b, kept late; a's keep was dropped
+	st.mu.Lock()
+	assert.Equal(t, 1, st.calls)
+	st.mu.Unlock()
+
+	// Busy again: b is paired, but its release waits, and the store's
+	// copy keeps b's connection open until it is made, when the engine
+	// stops.
+	st.setBusy(true)
+	newcomer := e.request(t, "b", libspbroker.ModeClient)
+	for _, c := range []*client{b, newcomer} {
+		buf := make([]byte, 2*msgSize)
+		oob := make([]byte, unix.CmsgSpace(4))
+		n, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		require.NoError(t, err)
+		require.NotZero(t, n)
+		fds := parseRights(oob[:oobn])
+		require.Len(t, fds, 1, "one end in the SET_PAIR")
+		unix.Close(fds[0])
+	}
+	newcomer.expectClosed()
+	assert.True(t, b.quiet(quietFor), "end of file before the store let go of its copy")
+	assert.Equal(t, 1, st.count())
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		st.setBusy(false)
+	}()
+	e.Shutdown()
+	assert.Zero(t, st.count())
+	b.expectClosed()
+	assert.Zero(t, e.Stats().StoreFailed)
 }

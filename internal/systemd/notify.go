@@ -66,7 +66,7 @@ func (n *Notifier) Notify(state string) error {
 	if n == nil {
 		return nil
 	}
-	return n.send(state, nil)
+	return n.send(state, nil, 0)
 }
 
 // NotifyFDs sends one message with fds attached (SCM_RIGHTS). The caller
@@ -75,7 +75,7 @@ func (n *Notifier) NotifyFDs(state string, fds []int) error {
 	if n == nil {
 		return ErrNoManager
 	}
-	return n.send(state, fds)
+	return n.send(state, fds, 0)
 }
 
 // sendTimeout bounds a send to a manager whose queue is full: a daemon
@@ -117,7 +117,7 @@ func (n *Notifier) Close() error {
 	return err
 }
 
-func (n *Notifier) send(state string, fds []int) error {
+func (n *Notifier) send(state string, fds []int, flags int) error {
 	s, err := n.socket()
 	if err != nil {
 		return err
@@ -128,7 +128,7 @@ func (n *Notifier) send(state string, fds []int) error {
 	}
 	// x/sys/unix makes a leading '@' the abstract namespace, as systemd
 	// does.
-	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: n.addr}, unix.MSG_NOSIGNAL); err != nil {
+	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: n.addr}, unix.MSG_NOSIGNAL|flags); err != nil {
 		return fmt.Errorf("sd_notify: %w", os.NewSyscallError("sendmsg", err))
 	}
 	return nil
@@ -146,6 +146,23 @@ func (n *Notifier) StoreRemove(name string) error {
 	return n.Notify("FDSTOREREMOVE=1\nFDNAME=" + name)
 }
 
+// StoreNow is Store that does not wait for room in the manager's queue:
+// when it is full, the error wraps unix.EAGAIN and nothing was sent.
+func (n *Notifier) StoreNow(name string, fds []int) error {
+	if n == nil {
+		return ErrNoManager
+	}
+	return n.send("FDSTORE=1\nFDNAME="+name, fds, unix.MSG_DONTWAIT)
+}
+
+// StoreRemoveNow is StoreRemove that does not wait, as StoreNow.
+func (n *Notifier) StoreRemoveNow(name string) error {
+	if n == nil {
+		return nil
+	}
+	return n.send("FDSTOREREMOVE=1\nFDNAME="+name, nil, unix.MSG_DONTWAIT)
+}
+
 // Barrier waits, up to timeout, until the manager has read every message
 // sent before it (sd_notify_barrier(3)): it sends BARRIER=1 with the write
 // end of a pipe, which the manager closes once it got there.
@@ -158,7 +175,7 @@ func (n *Notifier) Barrier(timeout time.Duration) error {
 		return os.NewSyscallError("pipe2", err)
 	}
 	defer unix.Close(p[0])
-	err := n.send("BARRIER=1", p[1:])
+	err := n.send("BARRIER=1", p[1:], 0)
 	unix.Close(p[1])
 	if err != nil {
 		return err
