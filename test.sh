@@ -76,6 +76,12 @@ step python python3 -m unittest discover -s python/tests -t python
 step pkg-versions test/packaging/versions.sh
 step deb test/packaging/deb.sh
 step rpm test/packaging/rpm.sh
+# The daemon under a real systemd: Debian 12 booted in systemd-nspawn, a
+# container for each test: socket activation, STATUS=, restart, SIGKILL
+# and stop with waiting clients, a broken policy at start and at reload,
+# the .deb's install, upgrade and purge, systemd-analyze security (as
+# root; the .debs are the deb step's). doc/testing.md says more.
+step systemd test/systemd/nspawn.sh
 # Short fuzz runs of the wire decoder, the policy parser and the control
 # protocol's request decoder; a finding is
 # saved under the package's testdata/fuzz and replayed by every go test.

@@ -3,8 +3,8 @@
 # common.sh - sourced by the scripts in test/packaging/, never run.
 #
 # Provides: root (the repository), skip, fail, need, find_go,
-# meson_version, export_tree and make_tarball. The scripts set -euo
-# pipefail themselves.
+# meson_version, export_tree, make_tarball, build_debs, tree_key,
+# cached_debs and cache_debs. The scripts set -euo pipefail themselves.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 prog=${0##*/}
@@ -91,4 +91,67 @@ make_tarball() {
 	local file=$1 prefix=$2 work=$3
 	export_tree "$work/$prefix"
 	tar -C "$work" --owner=0 --group=0 --sort=name -czf "$file" "$prefix"
+}
+
+# build_debs SRC LOG: dpkg-buildpackage -us -uc -b in SRC, a tree that
+# export_tree wrote, with its output in LOG; the .debs land in SRC's
+# parent directory.
+build_debs() {
+	if ! (cd "$1" && dpkg-buildpackage -us -uc -b) >"$2" 2>&1; then
+		tail -n 60 "$2" >&2
+		fail "dpkg-buildpackage failed (the end of its log is above)"
+	fi
+}
+
+# The .debs that deb.sh built last, for test/systemd/nspawn.sh to install
+# in its containers rather than build them again. Each build's are in a
+# directory of their own, named by tree_key of the tree they were built
+# from.
+deb_cache=${ONE_SOCKET_DEB_CACHE:-/var/tmp/one-socket-debs}
+
+# tree_key DIR: a name for the tree in DIR as export_tree wrote it (the
+# names, modes and contents of its files) and the Go that builds it.
+tree_key() {
+	local go
+	go=$(find_go) || fail "no Go toolchain"
+	{
+		tar -C "$1" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - .
+		"$go" version
+	} | sha256sum | cut -c1-16
+}
+
+# private_dir DIR [create]: fail unless DIR is ours and nobody else may
+# write to it (the caches are in /var/tmp, where anyone may take a name
+# first); with "create", make it first if there is none.
+private_dir() {
+	if [ "${2-}" = create ] && [ ! -e "$1" ] && [ ! -L "$1" ]; then
+		mkdir -p -- "$(dirname -- "$1")"
+		mkdir -m 0755 -- "$1"
+	fi
+	if [ ! -d "$1" ] || [ -L "$1" ] || [ ! -O "$1" ] || [ -n "$(find "$1" -maxdepth 0 -perm /022)" ]; then
+		fail "$1 must be a directory of $(id -un)'s that nobody else may write to; remove it"
+	fi
+}
+
+# cached_debs KEY: print the directory that holds the .debs built from the
+# tree KEY names, if there is one.
+cached_debs() {
+	[ -d "$deb_cache" ] || return 1
+	private_dir "$deb_cache"
+	[ -d "$deb_cache/$1" ] || return 1
+	echo "$deb_cache/$1"
+}
+
+# cache_debs KEY DEB...: keep the .debs built from the tree KEY names, for
+# cached_debs. The directory appears whole or not at all; a second build
+# of the same tree keeps the first one's. Builds older than a week go.
+cache_debs() {
+	local key=$1 new
+	shift
+	private_dir "$deb_cache" create
+	new=$(mktemp -d "$deb_cache/.new.XXXXXX")
+	cp -- "$@" "$new/"
+	chmod 0755 "$new"
+	mv -T -- "$new" "$deb_cache/$key" 2>/dev/null || rm -rf -- "$new"
+	find "$deb_cache" -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf -- {} +
 }

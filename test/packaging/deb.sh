@@ -6,7 +6,10 @@
 # exact file list of each package, then install both and use them: the
 # installed daemon pairs two one-socketctl clients, and a C program built
 # against the installed headers and spbroker.pc pairs through it. Both
-# packages are purged at the end, also after a failure.
+# packages are purged at the end, also after a failure. The .debs are
+# kept in common.sh's cache ($ONE_SOCKET_DEB_CACHE, /var/tmp/one-socket-debs)
+# for test/systemd/nspawn.sh, which tests their maintainer scripts under
+# systemd.
 #
 # Run as root from anywhere: test/packaging/deb.sh. Exits 77 (skipped)
 # when not root or a tool is missing, 1 on a failure. The source is what
@@ -100,11 +103,9 @@ trap 'exit 1' HUP INT TERM
 echo "$prog: building the packages (dpkg-buildpackage -us -uc -b)"
 src=$tmp/build/one-socket-$version
 export_tree "$src"
+key=$(tree_key "$src")
 start=$SECONDS
-if ! (cd "$src" && dpkg-buildpackage -us -uc -b) >"$tmp/build.log" 2>&1; then
-	tail -n 60 "$tmp/build.log" >&2
-	fail "dpkg-buildpackage failed (the end of its log is above)"
-fi
+build_debs "$src" "$tmp/build.log"
 echo "$prog: built in $((SECONDS - start)) s"
 grep -q '^debian/rules: building with go version' "$tmp/build.log" ||
 	fail "the build log does not say which Go it used"
@@ -179,6 +180,9 @@ same_list "the files of libspbroker-dev" "\
 modes=$( { dpkg-deb -c "$deb_daemon"; dpkg-deb -c "$deb_dev"; } | awk '$1 !~ /^d/ && $1 ~ /x/ { print substr($6, 2) }')
 same_list "the executable files" "/usr/bin/one-socket
 /usr/bin/one-socketctl" "$modes"
+
+# Kept for test/systemd/nspawn.sh, which installs them under systemd.
+cache_debs "$key" "$deb_daemon" "$deb_dev"
 
 echo "$prog: installing both packages (dpkg -i)"
 installed=true
