@@ -81,6 +81,7 @@ func TestIntegrationCrashKeepsWaiters(t *testing.T) {
 	require.NoError(t, err)
 	waitWaiting(t, m.CtlPath, 30)
 	require.Eventually(t, func() bool { return m.waiters() == 30 }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, float64(30), status(t, m.CtlPath)["kept"])
 
 	d1.kill()
 	require.NoError(t, half.SetReadDeadline(time.Now().Add(10*time.Second)))
@@ -101,6 +102,8 @@ func TestIntegrationCrashKeepsWaiters(t *testing.T) {
 	m.waitNames() // each copy removed once its client was paired
 	st := status(t, m.CtlPath)
 	assert.Equal(t, float64(30), st["paired_total"], "the counters start again after a crash")
+	assert.Equal(t, float64(30), st["restored_total"])
+	assert.Equal(t, float64(0), st["kept"])
 	require.Equal(t, 0, d2.stop(syscall.SIGTERM))
 }
 

@@ -136,6 +136,9 @@ func writeStatus(w io.Writer, st *control.Status) {
 	line("denied", st.DeniedTotal)
 	line("over quota", st.OverQuotaTotal)
 	line("expired", st.ExpiredTotal)
+	if st.Kept > 0 || st.RestoredTotal > 0 || st.StoreFailedTotal > 0 {
+		line("kept for a crash", fmt.Sprintf("%d now, %d taken back, %d store failures", st.Kept, st.RestoredTotal, st.StoreFailedTotal))
+	}
 	var total uint64
 	var kinds []string
 	for _, k := range slices.Sorted(maps.Keys(st.ProtocolErrors)) {

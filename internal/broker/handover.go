@@ -105,6 +105,9 @@ func (l *loop) handOver() *State {
 			h.Partial = append([]byte(nil), c.partial[:c.got]...)
 			l.dropPartial(c)
 		}
+		if c.stored != 0 {
+			l.b.stats.kept.Add(-1) // its copy goes on with the State
+		}
 		l.unlist(int32(fd))
 		// Out of this loop's epoll set: the descriptor lives on.
 		if c.polled {
@@ -162,8 +165,9 @@ func (l *loop) adopt(st *State) {
 		}
 		since := l.now - int64(h.Since)
 		c := l.track(h.FD, since, uid)
-		if l.b.store != nil {
+		if l.b.store != nil && h.Stored != 0 {
 			c.stored = h.Stored
+			l.b.stats.kept.Add(1)
 		}
 		if h.Reread {
 			c.reread = true

@@ -70,6 +70,7 @@ type Stats struct {
 	Restored    uint64
 	StoreFailed uint64
 	Waiting     int // clients waiting for a peer now
+	Kept        int // waiting clients kept in the ConnStore now, for a crash
 	Conns       int // open client connections now (handshaking and waiting)
 
 	// ProtocolErrors counts violations by kind, indexed by ProtocolErrorKind.
@@ -98,7 +99,7 @@ type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
 	denied, overQuota, expired, shed              atomic.Uint64
 	restored, storeFailed                         atomic.Uint64
-	waiting, conns                                atomic.Int64
+	waiting, conns, kept                          atomic.Int64
 	protocol                                      [numErrKinds]atomic.Uint64
 }
 
@@ -118,6 +119,7 @@ func (b *Broker) Stats() Stats {
 		Restored:    c.restored.Load(),
 		StoreFailed: c.storeFailed.Load(),
 		Waiting:     int(c.waiting.Load()),
+		Kept:        int(c.kept.Load()),
 		Conns:       int(c.conns.Load()),
 	}
 	for i := range c.protocol {
@@ -128,7 +130,7 @@ func (b *Broker) Stats() Stats {
 
 // Carry adds the totals of s, a previous engine's, to this one's, so that
 // the counters cover a daemon's whole run across upgrades and restarts.
-// The gauges (Waiting, Conns) follow the clients and are not carried.
+// The gauges (Waiting, Conns, Kept) follow the clients and are not carried.
 func (b *Broker) Carry(s Stats) {
 	c := &b.stats
 	c.accepted.Add(s.Accepted)

@@ -89,6 +89,7 @@ func (l *loop) release(c *conn) {
 	}
 	l.storeQ = append(l.storeQ, storeOp{id: c.stored})
 	c.stored = 0
+	l.b.stats.kept.Add(-1)
 	l.flushStore()
 }
 
@@ -132,6 +133,7 @@ func (l *loop) storeCall(op storeOp) error {
 		}
 		if err == nil {
 			c.stored = id
+			l.b.stats.kept.Add(1)
 		}
 	}
 	if err != nil && !errors.Is(err, ErrStoreBusy) {

@@ -112,6 +112,7 @@ func TestStoreKeepsWaiters(t *testing.T) {
 
 	w := e.park(t, "paired", libspbroker.ModeServer)
 	st.waitCount(t, 1)
+	e.waitStats(t, "one kept", func(s broker.Stats) bool { return s.Kept == 1 })
 	newcomer := e.request(t, "paired", libspbroker.ModeClient)
 	pairBoth(t, w, newcomer) // each reads end of file after SET_PAIR
 	st.waitCount(t, 0)
@@ -134,7 +135,9 @@ func TestStoreKeepsWaiters(t *testing.T) {
 
 	e.park(t, "left", libspbroker.ModeServer)
 	st.waitCount(t, 1)
+	assert.Equal(t, 1, e.Stats().Kept)
 	e.Shutdown()
+	assert.Zero(t, e.Stats().Kept)
 	st.waitCount(t, 0)
 	assert.Zero(t, st.unread, "copies released with their request unread")
 	assert.Zero(t, e.Stats().StoreFailed)

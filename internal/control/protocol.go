@@ -61,6 +61,7 @@ type Status struct {
 	MaxConnsPerUID int `json:"max_conns_per_uid"` // each user's share of it, 0 for no cap
 	Conns          int `json:"conns"`             // open client connections now
 	Waiting        int `json:"waiting"`           // clients waiting for a peer now
+	Kept           int `json:"kept"`              // waiting clients in systemd's store, for a crash (--fdstore)
 
 	// Totals since the daemon started; see doc/one-socket.md, Logging.
 	AcceptedTotal  uint64            `json:"accepted_total"`
@@ -74,6 +75,10 @@ type Status struct {
 	OverQuotaTotal uint64 `json:"over_quota_total"` // requests refused by --max-waiting-per-uid
 	ExpiredTotal   uint64 `json:"expired_total"`    // waiters disconnected after --max-wait
 	ShedTotal      uint64 `json:"shed_total"`       // handshakes closed to let another user in
+	// RestoredTotal counts clients taken back after a crash whose request
+	// was whole; StoreFailedTotal, calls to systemd's store that failed.
+	RestoredTotal    uint64 `json:"restored_total"`
+	StoreFailedTotal uint64 `json:"store_failed_total"`
 
 	// Policy summarises the access policy in force, "none" without one.
 	Policy string `json:"policy"`

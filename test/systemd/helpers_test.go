@@ -191,6 +191,20 @@ func waitWaiting(t *testing.T, n int) {
 	})
 }
 
+// waitKept waits until n waiting clients are in systemd's store, each
+// under its own name (the daemon's status counts them), so that a crash
+// cannot lose them.
+func waitKept(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d clients kept for a crash", n), time.Minute, func() (bool, string) {
+		st, err := brokerStatus()
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Kept == n, fmt.Sprintf("%d kept, %d waiting", st.Kept, st.Waiting)
+	})
+}
+
 // connected checks that a and b are the two ends of one connection, each
 // way, and closes both.
 func connected(a, b *os.File) error {
