@@ -94,7 +94,7 @@ done
 with_args --fdstore
 for n in $sizes; do
 	systemctl reset-failed one-socket.service || true
-	echo "BENCH survive $(loadtool survive -s /run/one.socket -n "$n" -kill 'systemctl kill -s KILL one-socket')"
+	echo "BENCH survive $(loadtool survive -s /run/one.socket -c /run/one-socket.ctl -n "$n" -kill 'systemctl kill -s KILL one-socket')"
 	systemctl is-active one-socket.service >/dev/null
 done
 EOF

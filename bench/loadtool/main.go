@@ -8,7 +8,7 @@
 //	                                    run BIN ARGS as systemd would, with
 //	                                    sockets and a file descriptor store
 //	                                    in DIR, and restart it N times
-//	loadtool survive -n N (-b BIN | -s SOCKET -kill CMD) [-- ARGS...]
+//	loadtool survive -n N (-b BIN | -s SOCKET [-c CTL] -kill CMD) [-- ARGS...]
 //	                                    park N waiters, SIGKILL the broker,
 //	                                    and time until all of them pair again
 //
@@ -45,6 +45,7 @@ func main() {
 	bin := fs.String("b", "", "manager: the daemon's binary")
 	every := fs.Duration("i", 2*time.Second, "manager: time between restarts")
 	killCmd := fs.String("kill", "", "survive: the command that kills the broker at -s")
+	ctl := fs.String("c", "", "survive: the control socket, to wait until every waiter is kept")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
@@ -55,7 +56,7 @@ func main() {
 	case "manager":
 		err = manage(*dir, *bin, *n, *every, fs.Args())
 	case "survive":
-		err = survive(*sock, *bin, *killCmd, *n, fs.Args())
+		err = survive(*sock, *ctl, *bin, *killCmd, *n, fs.Args())
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

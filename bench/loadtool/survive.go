@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/control"
 	"github.com/one-socket/one-socket/internal/testutil"
 	"github.com/one-socket/one-socket/libspbroker"
 )
@@ -26,7 +28,7 @@ import (
 // Restart=on-failure would, with no delay. Otherwise the broker at path
 // is killed by running killCmd (for instance "systemctl kill -s KILL
 // one-socket" under a real systemd), which must restart it.
-func survive(path, bin, killCmd string, n int, args []string) error {
+func survive(path, ctl, bin, killCmd string, n int, args []string) error {
 	var m *testutil.Manager
 	var cmd *exec.Cmd
 	if bin != "" {
@@ -39,7 +41,7 @@ func survive(path, bin, killCmd string, n int, args []string) error {
 			return err
 		}
 		defer m.Close()
-		path = m.BrokerPath
+		path, ctl = m.BrokerPath, m.CtlPath
 		if cmd, err = startManaged(m, bin, args); err != nil {
 			return err
 		}
@@ -64,9 +66,16 @@ func survive(path, bin, killCmd string, n int, args []string) error {
 		}
 		fds[i] = fd
 	}
-	// Let the broker park (and store) them all: a waiter it has not read
-	// yet is not kept, and is lost in the crash like any connection.
-	time.Sleep(time.Second + time.Duration(n)*20*time.Microsecond)
+	// Let the broker park and keep them all: a waiter not yet kept is
+	// lost in the crash like any connection. With a control socket, wait
+	// until its status counts them all, and say how long that took.
+	parked := time.Now()
+	if ctl == "" {
+		time.Sleep(time.Second + time.Duration(n)*20*time.Microsecond)
+	} else if err := waitKept(ctl, n, 5*time.Minute); err != nil {
+		return err
+	}
+	settle := time.Since(parked)
 
 	t0 := time.Now()
 	if cmd != nil {
@@ -113,8 +122,8 @@ func survive(path, bin, killCmd string, n int, args []string) error {
 	close(next)
 	wg.Wait()
 	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
-	fmt.Printf("waiters=%d paired_after=%d failed=%d kill_to_first_ms=%.1f kill_to_all_ms=%.1f\n",
-		n, int64(n)-failed.Load(), failed.Load(), ms(first.Load()), ms(last.Load()))
+	fmt.Printf("waiters=%d kept_after_ms=%.1f paired_after=%d failed=%d kill_to_first_ms=%.1f kill_to_all_ms=%.1f\n",
+		n, ms(int64(settle)), int64(n)-failed.Load(), failed.Load(), ms(first.Load()), ms(last.Load()))
 	if failed.Load() > 0 {
 		return fmt.Errorf("%d waiters did not pair", failed.Load())
 	}
@@ -150,4 +159,24 @@ func startManaged(m *testutil.Manager, bin string, args []string) (*exec.Cmd, er
 		return nil, err
 	}
 	return cmd, nil
+}
+
+// waitKept polls the daemon's status at ctl until n waiting clients are
+// kept in the store.
+func waitKept(ctl string, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		raw, err := control.Call(context.Background(), ctl, control.Request{Command: "status"})
+		var st control.Status
+		if err == nil {
+			err = json.Unmarshal(raw, &st)
+		}
+		if err == nil && st.Kept >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d waiters kept after %v (%v)", st.Kept, n, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -185,3 +185,36 @@ func TestReadyStatusStopping(t *testing.T) {
 	assert.Equal(t, "STATUS=last", msg, "no status update after Stopping")
 	assert.False(t, strings.Contains(msg, "waiting 2"))
 }
+
+// TestStoreNow checks that the non-waiting store calls fail at once with
+// EAGAIN when the manager's queue is full, send nothing then, and work
+// again once the manager has read.
+func TestStoreNow(t *testing.T) {
+	m := newManager(t, false)
+	n := m.notifier()
+	defer n.Close()
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	sent := 0
+	for ; sent < 10000; sent++ {
+		if err = n.StoreNow("w1", p[:1]); err != nil {
+			break
+		}
+	}
+	require.ErrorIs(t, err, unix.EAGAIN, "after %d messages", sent)
+	require.ErrorIs(t, n.StoreRemoveNow("w1"), unix.EAGAIN)
+	for range sent {
+		msg, fds := m.next()
+		assert.Equal(t, "FDSTORE=1\nFDNAME=w1", msg)
+		require.Len(t, fds, 1)
+		unix.Close(fds[0])
+	}
+	require.NoError(t, n.StoreRemoveNow("w1"))
+	msg, _ := m.next()
+	assert.Equal(t, "FDSTOREREMOVE=1\nFDNAME=w1", msg)
+	var nilN *Notifier
+	assert.ErrorIs(t, nilN.StoreNow("w1", p[:1]), ErrNoManager)
+	assert.NoError(t, nilN.StoreRemoveNow("w1"))
+}
