@@ -53,7 +53,10 @@ func main() {
 
 // talk pairs once and sends a line every interval, logging each reply, until it fails.
 func talk(ctx context.Context, path string, key []byte, interval time.Duration, n *int) error {
-	c, err := libspbroker.GetPairConn(ctx, path, key, libspbroker.ModeClient)
+	// This client logs each failure and pauses itself (main's loop), so
+	// that its log shows a broker restart; GetPairConn alone would ask
+	// again, silently, until ctx ends.
+	c, err := (&libspbroker.Config{NoRetry: true}).GetPairConn(ctx, path, key, libspbroker.ModeClient)
 	if err != nil {
 		return fmt.Errorf("no pair for %q: %w", key, err)
 	}
