@@ -4,9 +4,13 @@
 # (-m usr2, the default), or stopped and started again the way systemctl
 # restart does it with the shipped units, the file descriptor store
 # included (-m systemd; loadtool plays systemd's part). Not one pairing
-# may fail, and every waiting client must pair afterwards.
+# may fail, and every waiting client must pair afterwards. With -m crash
+# the daemon is killed by SIGKILL instead and started again at once, as
+# Restart=on-failure would: the pairings in flight at each kill fail
+# (spload counts them as errors), and every waiting client must still
+# pair afterwards.
 #
-#   bench/upgrade.sh [-m usr2|systemd] [-w WAITERS] [-u RESTARTS] [-s SHARED_BENCH_DIR]
+#   bench/upgrade.sh [-m usr2|systemd|crash] [-w WAITERS] [-u RESTARTS] [-s SHARED_BENCH_DIR]
 set -euo pipefail
 
 mode=usr2
@@ -24,8 +28,8 @@ while getopts "m:w:u:s:h" opt; do
 	esac
 done
 case $mode in
-usr2 | systemd) ;;
-*) echo "-m usr2 or -m systemd, not $mode" >&2; exit 2 ;;
+usr2 | systemd | crash) ;;
+*) echo "-m usr2, -m systemd or -m crash, not $mode" >&2; exit 2 ;;
 esac
 
 . "$top/bench/common.sh"
@@ -37,7 +41,9 @@ if [ "$mode" = usr2 ]; then
 	cpu=(-p "$bpid")
 else
 	mkfifo "$work/mhold"
-	"$work/loadtool" manager -D "$work" -b "$work/one-socket" -n "$upgrades" -i 2s \
+	kill_flag=()
+	[ "$mode" = crash ] && kill_flag=(-k)
+	"$work/loadtool" manager -D "$work" -b "$work/one-socket" -n "$upgrades" -i 2s "${kill_flag[@]}" \
 		-- --fdstore --log-file "$log" <"$work/mhold" >"$work/manager.out" &
 	mpid=$!
 	exec 8>"$work/mhold"
@@ -81,7 +87,7 @@ else
 	wait "$mpid" || true
 	grep '^restarts=' "$work/manager.out" || { echo "the restarts did not complete:" >&2; cat "$work/manager.out" >&2; }
 	echo "down_ms: $(grep -o 'down_ms=[0-9.]*' "$work/manager.out" | cut -d= -f2 | tr '\n' ' ')"
-	echo "taken back: $(grep -o 'clients taken back.*' "$log" | sed -E 's/.* (clients=[0-9]+ stored=[0-9]+ hung_up=[0-9]+).*/\1/' | sort | uniq -c | tr '\n' ';')"
+	echo "taken back: $(grep -o 'clients taken back.*' "$log" | sed -E 's/.* (clients=[0-9]+ stored=[0-9]+ kept=[0-9]+ hung_up=[0-9]+).*/\1/' | sort | uniq -c | tr '\n' ';')"
 fi
 echo "spload: $(cat "$work/spload.out")"
 grep -v parked "$work/waiters.out"

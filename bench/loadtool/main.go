@@ -8,6 +8,7 @@
 //	                                    run BIN ARGS as systemd would, with
 //	                                    sockets and a file descriptor store
 //	                                    in DIR, and restart it N times
+//	                                    (-k: by SIGKILL)
 //	loadtool survive -n N (-b BIN | -s SOCKET [-c CTL] -kill CMD) [-- ARGS...]
 //	                                    park N waiters, SIGKILL the broker,
 //	                                    and time until all of them pair again
@@ -46,6 +47,7 @@ func main() {
 	every := fs.Duration("i", 2*time.Second, "manager: time between restarts")
 	killCmd := fs.String("kill", "", "survive: the command that kills the broker at -s")
 	ctl := fs.String("c", "", "survive: the control socket, to wait until every waiter is kept")
+	crash := fs.Bool("k", false, "manager: restart by SIGKILL, not SIGTERM")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
@@ -54,7 +56,7 @@ func main() {
 	case "hostile":
 		err = hostile(*sock, *dur, *rate)
 	case "manager":
-		err = manage(*dir, *bin, *n, *every, fs.Args())
+		err = manage(*dir, *bin, *n, *every, *crash, fs.Args())
 	case "survive":
 		err = survive(*sock, *ctl, *bin, *killCmd, *n, fs.Args())
 	default:

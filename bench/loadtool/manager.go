@@ -17,10 +17,11 @@ import (
 // plays systemd's part), and restarts it n times, every interval, as
 // `systemctl restart` does: SIGTERM, wait for the exit, start again. It
 // says "ready" once the first instance serves, a line per restart with the
-// time from SIGTERM to the next READY=1. It begins restarting once it
+// time from SIGTERM to the next READY=1. With crash, SIGKILL instead of
+// SIGTERM. It begins restarting once it
 // reads a line from stdin, and after the restarts waits for stdin to end
 // before stopping the last instance.
-func manage(dir, bin string, n int, every time.Duration, args []string) error {
+func manage(dir, bin string, n int, every time.Duration, crash bool, args []string) error {
 	m, err := testutil.NewManager(dir, true)
 	if err != nil {
 		return err
@@ -52,9 +53,15 @@ func manage(dir, bin string, n int, every time.Duration, args []string) error {
 	for i := 1; i <= n; i++ {
 		time.Sleep(every)
 		t0 := time.Now()
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("restart %d: the old instance: %w", i, err)
+		if crash {
+			// As the OOM killer would, and Restart=on-failure after it.
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+		} else {
+			cmd.Process.Signal(syscall.SIGTERM)
+			if err := cmd.Wait(); err != nil {
+				return fmt.Errorf("restart %d: the old instance: %w", i, err)
+			}
 		}
 		if cmd, err = start(); err != nil {
 			return fmt.Errorf("restart %d: %w", i, err)
