@@ -49,9 +49,11 @@ step staticcheck go tool staticcheck ./...
 # Every Go test but the C library's, which is a step of its own below.
 go_packages() { go list ./... | grep -v '^github.com/one-socket/one-socket/test$'; }
 step test go test -race -count=1 $(go_packages)
-# The C library's conformance suite: libspbroker.a built four ways and
-# installed, each run in forked children, under sanitizers and valgrind,
-# and linked into C and C++ consumers through pkg-config and meson.
+# The C library's conformance suite: both archives (libspbroker.a and
+# libspbroker-c.a) as meson installs them, with and without Go and with
+# sanitizers, linked through pkg-config spbroker and spbroker-c, run in
+# forked children and under valgrind, and linked into C and C++ consumers
+# through pkg-config and meson.
 step c-library go test -race -count=1 ./test/
 # The Kubernetes manifests, decoded strictly against the API types by a
 # module of their own (k8s.io stays out of the main module), and played

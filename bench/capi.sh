@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Measures what libspbroker.a costs a C host, for both builds: archive
-# size, growth of a trivial host binary, threads, time per call and per
-# pairing (Go path, pure C path in a forked child, runtime-free build).
+# Measures what libspbroker.a costs a C host, for both archives that meson
+# installs (libspbroker.a, the Go c-archive, and libspbroker-c.a, the
+# runtime-free one): archive size, growth of a trivial host binary,
+# threads, time per call and per pairing (Go path, pure C path in a forked
+# child, runtime-free build). Needs meson, ninja, pkg-config and Go.
 #
 #   bench/capi.sh [-n CALLS] [-p PAIRS]
 set -euo pipefail
@@ -12,7 +14,7 @@ while getopts "n:p:h" opt; do
 	case $opt in
 	n) calls=$OPTARG ;;
 	p) pairs=$OPTARG ;;
-	*) sed -n '2,6p' "$0"; exit 2 ;;
+	*) sed -n '2,8p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -23,15 +25,22 @@ bpid=
 cc=${CC:-cc}
 
 cd "$top"
-go build -buildmode=c-archive -trimpath -o "$work/go/libspbroker.a" ./capi
-mkdir -p "$work/nogo"
-"$cc" -std=gnu11 -O2 -Iinclude -DSPBROKER_NO_GO -c capi/spbroker_c.c -o "$work/nogo/spbroker_c.o"
-"$cc" -std=gnu11 -O2 -Iinclude -DSPBROKER_NO_GO -c capi/shim.c -o "$work/nogo/shim.o"
-ar rcs "$work/nogo/libspbroker.a" "$work/nogo/spbroker_c.o" "$work/nogo/shim.o"
+# Both archives as meson builds and installs them (default options:
+# buildtype debugoptimized, -O2 -g), linked with what pkg-config says.
+CC=$cc meson setup "$work/build" "$top" --prefix="$work/prefix" -Ddaemon=disabled >"$work/meson.log" ||
+	{ cat "$work/meson.log" >&2; exit 1; }
+ninja -C "$work/build" install >>"$work/meson.log" || { cat "$work/meson.log" >&2; exit 1; }
+PKG_CONFIG_PATH=$(dirname "$(find "$work/prefix" -name spbroker.pc)")
+export PKG_CONFIG_PATH
+# go: pkg-config spbroker, the Go c-archive; nogo: spbroker-c.
+pkg() { case $1 in go) echo spbroker ;; nogo) echo spbroker-c ;; esac; }
+archive() { echo "$(pkg-config --variable=libdir "$(pkg "$1")")/lib$(pkg "$1").a"; }
 go build -o "$work/one-socket" ./cmd/one-socket
 
 size() { stat -c %s "$1"; }
-echo "archive_bytes go=$(size "$work/go/libspbroker.a") runtime_free=$(size "$work/nogo/libspbroker.a")"
+cp "$(archive nogo)" "$work/nogo-stripped.a"
+strip --strip-debug "$work/nogo-stripped.a"
+echo "archive_bytes go=$(size "$(archive go)") runtime_free=$(size "$(archive nogo)") runtime_free_without_debug=$(size "$work/nogo-stripped.a")"
 
 # A trivial host: one call, so that the linker keeps the library.
 cat >"$work/trivial.c" <<'C'
@@ -43,7 +52,8 @@ int main(void) { return 0; }
 C
 "$cc" -O2 -o "$work/plain" "$work/plain.c"
 for b in go nogo; do
-	"$cc" -O2 -Iinclude -o "$work/trivial-$b" "$work/trivial.c" "$work/$b/libspbroker.a" -pthread
+	# shellcheck disable=SC2046 # pkg-config's output is a list of words
+	"$cc" -O2 -o "$work/trivial-$b" "$work/trivial.c" $(pkg-config --cflags --libs "$(pkg $b)")
 	cp "$work/trivial-$b" "$work/trivial-$b.stripped"
 	strip "$work/trivial-$b.stripped"
 done
@@ -57,7 +67,8 @@ bpid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 
 for b in go nogo; do
-	"$cc" -O2 -Iinclude -o "$work/capibench-$b" bench/capi/capibench.c "$work/$b/libspbroker.a" -pthread
+	# shellcheck disable=SC2046
+	"$cc" -O2 -o "$work/capibench-$b" bench/capi/capibench.c $(pkg-config --cflags --libs "$(pkg $b)") -pthread
 done
 echo "== Go archive, loading process (Go path)"
 "$work/capibench-go" -n "$calls" -p "$pairs" "$sock"

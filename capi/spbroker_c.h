@@ -4,7 +4,7 @@
  *
  * The same code serves two builds: in the Go archive it runs in forked
  * children, where entering Go could hang; in the runtime-free build
- * (meson -Dgo_runtime=false) it is the whole library.  Each function has
+ * (libspbroker-c.a, which meson always builds) it is the whole library.  Each function has
  * the contract of its public counterpart in helper.h: -1 with a definite
  * errno on failure, and a malloc'd message in *err when err is not NULL.
  * None of these names is part of the ABI.

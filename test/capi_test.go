@@ -85,38 +85,56 @@ func TestConformance(t *testing.T) {
 		// the program or the library.
 		require.Empty(t, createdFDs(res.output), "descriptors left open at exit")
 	})
-	// The installed library, compiled and linked with what pkg-config
-	// says and nothing else, with and without --static.
-	for _, goRuntime := range []bool{true, false} {
-		for _, static := range []bool{false, true} {
-			name := fmt.Sprintf("installed-go_runtime=%v", goRuntime)
-			if static {
-				name += "-static"
-			}
-			t.Run(name, func(t *testing.T) {
-				t.Parallel()
-				requireOK(t, "conformance built with pkg-config against the meson install",
-					conformance(t, installedLib(t, goRuntime, static), time.Minute, nil))
-			})
+	// Every archive is the installed one, compiled and linked with what
+	// pkg-config says and nothing else; here the rest of the names and
+	// builds: --static, and the build without Go, whose spbroker is the
+	// runtime-free archive too.
+	for _, c := range []struct {
+		config, pkg string
+		static      bool
+	}{
+		{"default", "spbroker", true},
+		{"default", "spbroker-c", true},
+		{"nogo", "spbroker", false},
+		{"nogo", "spbroker", true},
+		{"nogo", "spbroker-c", false},
+	} {
+		name := "installed-" + c.config + "/" + c.pkg
+		if c.static {
+			name += "-static"
 		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			requireOK(t, "conformance built with pkg-config against the meson install",
+				conformance(t, installedLib(t, c.config, c.pkg, c.static), time.Minute, nil))
+		})
 	}
 }
 
 // TestInstalledConsumer builds test/meson-consumer, a project that finds
-// the installed library with dependency('spbroker'), against each meson
-// install, runs its test, and pairs two of its processes through a broker.
+// the installed library with dependency('spbroker') or
+// dependency('spbroker-c'), against the meson installs, runs its test, and
+// pairs two of its processes through a broker.
 func TestInstalledConsumer(t *testing.T) {
 	t.Parallel()
 	src := filepath.Join(repoRoot, "test", "meson-consumer")
-	for _, goRuntime := range []bool{true, false} {
-		t.Run(fmt.Sprintf("go_runtime=%v", goRuntime), func(t *testing.T) {
+	for _, c := range []struct{ config, pkg, goRuntime string }{
+		{"default", "spbroker", "true"},
+		{"default", "spbroker-c", "false"},
+		{"nogo", "spbroker", "false"},
+	} {
+		t.Run(c.config+"/"+c.pkg, func(t *testing.T) {
 			t.Parallel()
-			pcDir := mesonInstall(t, goRuntime)
+			pcDir := mesonInstall(t, c.config)
 			build := filepath.Join(tempDir(t), "build")
 			env := []string{"PKG_CONFIG_PATH=" + pcDir}
-			require.NoError(t, runBuild(src, env, "meson", "setup", build, src))
+			require.NoError(t, runBuild(src, env, "meson", "setup", build, src, "-Dpackage="+c.pkg))
 			require.NoError(t, runBuild(src, env, "ninja", "-C", build))
 			require.NoError(t, runBuild(src, env, "meson", "test", "-C", build, "--print-errorlogs"))
+			// What meson found, as the consumer's meson.build reports it.
+			log, err := os.ReadFile(filepath.Join(build, "meson-logs", "meson-log.txt"))
+			require.NoError(t, err)
+			require.Contains(t, string(log), fmt.Sprintf("Message: %s: go_runtime=%s", c.pkg, c.goRuntime))
 
 			b := startBroker(t, filepath.Join(tempDir(t), "one.sock"))
 			consumer := filepath.Join(build, "consumer")
@@ -134,17 +152,14 @@ func TestInstalledConsumer(t *testing.T) {
 	}
 }
 
-// TestLibraryCompilesCleanly compiles the runtime-free library with every
-// warning an error, the way a distribution with strict flags would.
+// TestLibraryCompilesCleanly: the runtime-free library compiles with
+// every warning an error, the way a distribution with strict flags would
+// build it; the meson build without Go (and the one with sanitizers) is
+// configured with --werror.
 func TestLibraryCompilesCleanly(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cc")
-	dir := tempDir(t)
-	for _, src := range []string{"spbroker_c.c", "shim.c"} {
-		err := runBuild(dir, nil, "cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-DSPBROKER_NO_GO",
-			"-I", filepath.Join(repoRoot, "include"), "-c", "-o", filepath.Join(dir, src+".o"), filepath.Join(repoRoot, "capi", src))
-		require.NoError(t, err)
-	}
+	require.Contains(t, mesonConfigs["nogo"], "--werror")
+	mesonInstall(t, "nogo")
 }
 
 // TestHeaders compiles both public headers as C++ (with static assertions

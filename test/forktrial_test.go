@@ -18,13 +18,17 @@ import (
 )
 
 // Fork trials: each scenario runs forkTrials fresh processes of
-// test/forktrial.c (Go archive); in each, a child made by fork(),
-// daemon(3) or a raw SYS_fork pairs through the broker with its parent (or,
-// after daemon(3), with this test). Without the library's fork detection a
-// large share of such processes hang for good (shared/design/c-library.md
-// measured up to 200 of 200); here a single hang fails the test.
+// test/forktrial.c linked with the installed Go archive, and
+// forkTrialsC with the installed runtime-free one; in each, a child made
+// by fork(), daemon(3) or a raw SYS_fork pairs through the broker with its
+// parent (or, after daemon(3), with this test). Without the library's fork
+// detection a large share of such processes hang for good with the Go
+// archive (shared/design/c-library.md measured up to 200 of 200); here a
+// single hang fails the test. The runtime-free archive has no runtime to
+// hang, so fewer trials show that a host forking around it works too.
 const (
 	forkTrials      = 200
+	forkTrialsC     = 40
 	forkWorkers     = 4                // processes in flight at once
 	forkTrialLimit  = 10 * time.Second // a trial slower than this hung
 	forkMaxHangs    = 3                // stop a scenario after this many
@@ -52,27 +56,37 @@ var forkScenarios = []forkScenario{
 
 func TestForkTrials(t *testing.T) {
 	t.Parallel()
-	prog := program(t, goArchive(t), "forktrial")
 	runner := runnerBin(t)
 	b := startBroker(t, filepath.Join(tempDir(t), "one.sock"))
 	start := time.Now()
 	total := 0
-	for _, sc := range forkScenarios {
-		t.Run(sc.name, func(t *testing.T) {
-			s := runForkTrials(runner, prog, b.path, sc)
-			total += s.ran
-			t.Logf("%s: %d trials, %d hung, %d failed, in %v", sc.name, s.ran, s.hung, s.failed, s.elapsed.Round(time.Millisecond))
-			for _, e := range s.errors {
-				t.Log(e)
-			}
-			if s.hung > 0 {
-				t.Errorf("%s: %d of %d trials hung (limit %v each)", sc.name, s.hung, s.ran, forkTrialLimit)
-			}
-			if s.failed > 0 {
-				t.Errorf("%s: %d of %d trials failed", sc.name, s.failed, s.ran)
-			}
-			require.Equal(t, forkTrials, s.ran, "trials run")
-		})
+	for _, c := range []struct {
+		l      lib
+		trials int
+	}{
+		{goArchive(t), forkTrials},
+		{cArchive(t, false), forkTrialsC},
+	} {
+		prog := program(t, c.l, "forktrial")
+		for _, sc := range forkScenarios {
+			// The name is in the pairing keys too: each library's own.
+			sc.name = c.l.name + "/" + sc.name
+			t.Run(sc.name, func(t *testing.T) {
+				s := runForkTrials(runner, prog, b.path, sc, c.trials)
+				total += s.ran
+				t.Logf("%s: %d trials, %d hung, %d failed, in %v", sc.name, s.ran, s.hung, s.failed, s.elapsed.Round(time.Millisecond))
+				for _, e := range s.errors {
+					t.Log(e)
+				}
+				if s.hung > 0 {
+					t.Errorf("%s: %d of %d trials hung (limit %v each)", sc.name, s.hung, s.ran, forkTrialLimit)
+				}
+				if s.failed > 0 {
+					t.Errorf("%s: %d of %d trials failed", sc.name, s.failed, s.ran)
+				}
+				require.Equal(t, c.trials, s.ran, "trials run")
+			})
+		}
 	}
 	t.Logf("fork trials: %d processes in %v", total, time.Since(start).Round(time.Millisecond))
 }
@@ -83,9 +97,9 @@ type forkStats struct {
 	elapsed           time.Duration
 }
 
-// runForkTrials runs the trials of one scenario, forkWorkers at a time,
-// stopping early once forkMaxHangs have hung.
-func runForkTrials(runner, prog, broker string, sc forkScenario) forkStats {
+// runForkTrials runs trials processes of one scenario, forkWorkers at a
+// time, stopping early once forkMaxHangs have hung.
+func runForkTrials(runner, prog, broker string, sc forkScenario, trials int) forkStats {
 	var (
 		mu   sync.Mutex
 		s    forkStats
@@ -98,7 +112,7 @@ func runForkTrials(runner, prog, broker string, sc forkScenario) forkStats {
 			for {
 				i := int(next.Add(1)) - 1
 				mu.Lock()
-				stop := i >= forkTrials || s.hung >= forkMaxHangs
+				stop := i >= trials || s.hung >= forkMaxHangs
 				mu.Unlock()
 				if stop {
 					return

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,10 +24,11 @@ import (
 )
 
 // The harness builds everything once, on first use, into one temporary
-// directory: the daemon, the Go c-archive, the runtime-free archive plain
-// and with sanitizers, the meson installs, and the C test programs linked
-// against each. A build that fails fails every test that needs it, with
-// the compiler's output.
+// directory: the daemon; the meson installs (mesonConfigs), which hold
+// every archive the tests link, the Go c-archive and the runtime-free one
+// plain and with sanitizers; and the C test programs linked against each
+// with the flags pkg-config gives. A build that fails fails every test
+// that needs it, with the compiler's output.
 
 var (
 	// repoRoot is the module's root directory, the parent of test/.
@@ -46,7 +48,6 @@ var tools = map[string]string{
 	"go":         "golang (or Go from go.dev at /usr/local/go)",
 	"cc":         "gcc libc6-dev",
 	"c++":        "g++",
-	"ar":         "binutils",
 	"meson":      "meson",
 	"ninja":      "ninja-build",
 	"pkg-config": "pkg-config",
@@ -143,93 +144,52 @@ type lib struct {
 	env    []string // for running programs linked with it
 }
 
-// goArchive is the default build: go build -buildmode=c-archive ./capi.
-func goArchive(t *testing.T) lib {
-	requireTool(t, "go")
-	requireTool(t, "cc")
-	a := once(t, "go archive", func() (string, error) {
-		out := filepath.Join(workDir, "go", "libspbroker.a")
-		return out, runBuild(repoRoot, []string{"CGO_ENABLED=1"}, "go", "build", "-buildmode=c-archive", "-o", out, "./capi")
-	})
-	return lib{
-		name:   "go",
-		cflags: []string{"-I" + filepath.Join(repoRoot, "include")},
-		libs:   []string{a, "-pthread"},
-	}
+// Every archive the tests link is one that meson.build built and ninja
+// installed into a prefix of the harness's: the tests take it with the
+// flags that pkg-config gives for its installed .pc file, as any host
+// would, so the archive built here is the one users get. These are the
+// configurations, each installed once, on first use.
+var mesonConfigs = map[string][]string{
+	// The default build: libspbroker.a is the Go c-archive (package
+	// spbroker), libspbroker-c.a the runtime-free one (spbroker-c).
+	"default": nil,
+	// A build without Go: both archives are the runtime-free one.
+	// Warnings are errors here, as with a distribution's strict flags.
+	"nogo": {"-Dgo_runtime=false", "--werror"},
+	// The runtime-free archive compiled with ASan and UBSan (and no Go,
+	// which is not built with them).
+	"asan": {"-Dgo_runtime=false", "--werror", "-Db_sanitize=address,undefined", "--buildtype=plain",
+		"-Dc_args=-O1 -g -fno-omit-frame-pointer -fno-sanitize-recover=all"},
 }
 
-// sanitizers are the flags of the ASan+UBSan builds.
-var sanitizers = []string{"-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"}
-
-// cArchive is the runtime-free build (capi/spbroker_c.c and capi/shim.c
-// with -DSPBROKER_NO_GO), plain or with ASan and UBSan.
-func cArchive(t *testing.T, sanitize bool) lib {
-	requireTool(t, "cc")
-	requireTool(t, "ar")
-	name := "c"
-	flags := []string{"-O2", "-g"}
-	if sanitize {
-		name = "asan"
-		flags = append([]string{"-O1"}, sanitizers...)
-	}
-	a := once(t, name+" archive", func() (string, error) {
-		dir := filepath.Join(workDir, name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return "", err
-		}
-		var objs []string
-		for _, src := range []string{"spbroker_c.c", "shim.c"} {
-			obj := filepath.Join(dir, strings.TrimSuffix(src, ".c")+".o")
-			args := append([]string{"-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden", "-DSPBROKER_NO_GO", "-I", filepath.Join(repoRoot, "include")}, flags...)
-			args = append(args, "-c", "-o", obj, filepath.Join(repoRoot, "capi", src))
-			if err := runBuild(dir, nil, "cc", args...); err != nil {
-				return "", err
-			}
-			objs = append(objs, obj)
-		}
-		out := filepath.Join(dir, "libspbroker.a")
-		return out, runBuild(dir, nil, "ar", append([]string{"rcs", out}, objs...)...)
-	})
-	l := lib{
-		name:   name,
-		cflags: []string{"-I" + filepath.Join(repoRoot, "include")},
-		libs:   []string{a, "-pthread"},
-	}
-	if sanitize {
-		l.cflags = append(l.cflags, sanitizers...)
-		l.libs = append(l.libs, sanitizers...)
-		l.env = []string{
-			"ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1",
-			"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
-		}
-	}
-	return l
-}
-
-// mesonInstall configures the repository with meson for go_runtime and
-// installs it into a fresh prefix with ninja; it returns the directory of
-// the installed spbroker.pc.
-func mesonInstall(t *testing.T, goRuntime bool) string {
+// mesonInstall configures the repository with meson in the named
+// configuration of mesonConfigs (always without the daemon, which the
+// tests build themselves) and installs it into a fresh prefix with ninja;
+// it returns the directory of the installed .pc files.
+func mesonInstall(t *testing.T, config string) string {
 	requireTool(t, "meson")
 	requireTool(t, "ninja")
 	requireTool(t, "cc")
-	if goRuntime {
+	args, ok := mesonConfigs[config]
+	if !ok {
+		t.Fatalf("no meson configuration called %q", config)
+	}
+	if !slices.Contains(args, "-Dgo_runtime=false") {
 		requireTool(t, "go")
 	}
-	name := fmt.Sprintf("meson-go_runtime=%v", goRuntime)
+	name := "meson-" + config
 	return once(t, name, func() (string, error) {
 		build := filepath.Join(workDir, name, "build")
 		prefix := filepath.Join(workDir, name, "prefix")
-		err := runBuild(repoRoot, nil, "meson", "setup", build, repoRoot,
-			"--prefix", prefix, "-Dgo_runtime="+strconv.FormatBool(goRuntime), "-Ddaemon=disabled")
-		if err != nil {
+		setup := append([]string{"setup", build, repoRoot, "--prefix", prefix, "-Ddaemon=disabled"}, args...)
+		if err := runBuild(repoRoot, nil, "meson", setup...); err != nil {
 			return "", err
 		}
 		if err := runBuild(repoRoot, nil, "ninja", "-C", build, "install"); err != nil {
 			return "", err
 		}
 		var pcDir string
-		err = filepath.WalkDir(prefix, func(p string, d os.DirEntry, err error) error {
+		err := filepath.WalkDir(prefix, func(p string, d os.DirEntry, err error) error {
 			if err == nil && d.Name() == "spbroker.pc" {
 				pcDir = filepath.Dir(p)
 			}
@@ -238,38 +198,84 @@ func mesonInstall(t *testing.T, goRuntime bool) string {
 		if err == nil && pcDir == "" {
 			err = fmt.Errorf("ninja install put no spbroker.pc under %s", prefix)
 		}
+		if err == nil {
+			_, err = os.Stat(filepath.Join(pcDir, "spbroker-c.pc"))
+		}
 		return pcDir, err
 	})
 }
 
-// installedLib is the library as installed by meson, with the compiler
-// and linker flags that pkg-config gives for it, and nothing else.
-func installedLib(t *testing.T, goRuntime, static bool) lib {
-	pcDir := mesonInstall(t, goRuntime)
+// pkgConfig runs pkg-config with args on the .pc files in pcDir alone
+// and returns its output split into words.
+func pkgConfig(t *testing.T, pcDir string, args ...string) []string {
+	t.Helper()
 	requireTool(t, "pkg-config")
-	env := append(os.Environ(), "PKG_CONFIG_PATH="+pcDir)
+	cmd := exec.Command("pkg-config", args...)
+	// As a host would point it at a prefix of its own; the install's
+	// files come before any of the system's.
+	cmd.Env = append(os.Environ(), "PKG_CONFIG_PATH="+pcDir)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "pkg-config %v: %s", args, out)
+	return strings.Fields(string(out))
+}
+
+// installedLib is the library called pkg (spbroker or spbroker-c) as the
+// meson configuration config installed it, with the compiler and linker
+// flags that pkg-config gives for it, and nothing else; static asks
+// pkg-config for --static flags.
+func installedLib(t *testing.T, config, pkg string, static bool) lib {
+	pcDir := mesonInstall(t, config)
 	var flags [2][]string
 	for i, which := range []string{"--cflags", "--libs"} {
-		args := []string{which, "spbroker"}
+		args := []string{which, pkg}
 		if static {
 			args = append([]string{"--static"}, args...)
 		}
-		cmd := exec.Command("pkg-config", args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "pkg-config %v: %s", args, out)
-		flags[i] = strings.Fields(string(out))
+		flags[i] = pkgConfig(t, pcDir, args...)
 	}
-	cmd := exec.Command("pkg-config", "--variable=go_runtime", "spbroker")
-	cmd.Env = env
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "pkg-config --variable=go_runtime spbroker: %s", out)
-	require.Equal(t, strconv.FormatBool(goRuntime), strings.TrimSpace(string(out)), "spbroker.pc's go_runtime variable")
-	name := fmt.Sprintf("installed-go_runtime=%v", goRuntime)
+	// Which archive the name gives: the Go one only as spbroker from a
+	// build with Go.
+	want := strconv.FormatBool(pkg == "spbroker" && !slices.Contains(mesonConfigs[config], "-Dgo_runtime=false"))
+	got := pkgConfig(t, pcDir, "--variable=go_runtime", pkg)
+	require.Equal(t, []string{want}, got, "%s.pc's go_runtime variable in the %s install", pkg, config)
+	name := config + "-" + pkg
 	if static {
 		name += "-static"
 	}
 	return lib{name: name, cflags: flags[0], libs: flags[1]}
+}
+
+// goArchive is the default build's libspbroker.a, the Go c-archive:
+// pkg-config spbroker.
+func goArchive(t *testing.T) lib {
+	requireTool(t, "go")
+	l := installedLib(t, "default", "spbroker", false)
+	l.name = "go"
+	return l
+}
+
+// sanitizers are the flags of the ASan+UBSan builds.
+var sanitizers = []string{"-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"}
+
+// cArchive is the runtime-free libspbroker-c.a (capi/spbroker_c.c and
+// capi/shim.c with -DSPBROKER_NO_GO): pkg-config spbroker-c, from the
+// default build, or with sanitize from the build compiled with ASan and
+// UBSan, its programs compiled and run with them too.
+func cArchive(t *testing.T, sanitize bool) lib {
+	if !sanitize {
+		l := installedLib(t, "default", "spbroker-c", false)
+		l.name = "c"
+		return l
+	}
+	l := installedLib(t, "asan", "spbroker-c", false)
+	l.name = "asan"
+	l.cflags = append(l.cflags, sanitizers...)
+	l.libs = append(l.libs, sanitizers...)
+	l.env = []string{
+		"ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1",
+		"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
+	}
+	return l
 }
 
 // cWarnings are the flags every test program is compiled with.

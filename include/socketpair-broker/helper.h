@@ -55,8 +55,9 @@
  *     and on cgroup v1 the CPU quota files), possibly opened after main()
  *     started.  A host that closes descriptors it does not know of must
  *     spare them, or use the runtime-free build.
- *   - The runtime-free build (meson -Dgo_runtime=false) has the same ABI,
- *     the same behaviour and no threads, constructors or signal handlers.
+ *   - The runtime-free build, libspbroker-c.a (pkg-config spbroker-c),
+ *     installed beside libspbroker.a, has the same ABI and headers, the
+ *     same behaviour and no threads, constructors or signal handlers.
  *     Choose it when any point above is a problem, or when the roughly
  *     2 MB the runtime adds to a stripped binary matters.
  */

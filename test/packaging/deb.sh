@@ -5,7 +5,8 @@
 # dpkg-buildpackage in a copy of the tree, lintian without errors, the
 # exact file list of each package, then install both and use them: the
 # installed daemon pairs two one-socketctl clients, and a C program built
-# against the installed headers and spbroker.pc pairs through it. Both
+# against the installed headers, once with spbroker.pc (the Go archive)
+# and once with spbroker-c.pc (the runtime-free one), pairs through it. Both
 # packages are purged at the end, also after a failure. The .debs are
 # kept in common.sh's cache ($ONE_SOCKET_DEB_CACHE, /var/tmp/one-socket-debs)
 # for test/systemd/nspawn.sh, which tests their maintainer scripts under
@@ -23,7 +24,7 @@ set -euo pipefail
 [ "$(id -u)" -eq 0 ] || skip "installs packages with dpkg -i, so it must run as root"
 need git git dpkg-buildpackage dpkg-dev dh debhelper lintian lintian \
 	meson meson ninja ninja-build pkg-config pkg-config cc gcc \
-	dpkg-deb dpkg timeout coreutils
+	dpkg-deb dpkg timeout coreutils nm binutils
 find_go >/dev/null || skip "no Go toolchain (\$GO, go on PATH or /usr/local/go/bin/go)"
 
 packages=(one-socket libspbroker-dev)
@@ -167,7 +168,9 @@ same_list "the files of one-socket" "\
 same_list "the files of libspbroker-dev" "\
 /usr/include/socketpair-broker/helper.h
 /usr/include/socketpair-broker/proto.h
+/usr/lib/$multiarch/libspbroker-c.a
 /usr/lib/$multiarch/libspbroker.a
+/usr/lib/$multiarch/pkgconfig/spbroker-c.pc
 /usr/lib/$multiarch/pkgconfig/spbroker.pc
 /usr/share/doc/libspbroker-dev/c-library.md.gz
 /usr/share/doc/libspbroker-dev/changelog.Debian.gz
@@ -241,7 +244,7 @@ wait $p2 || fail "one-socketctl pair --mode client failed"
 expect "$tmp/ctl-server.out" "from the client"
 expect "$tmp/ctl-client.out" "from the server"
 
-echo "$prog: a C program built against libspbroker-dev"
+echo "$prog: a C program built against libspbroker-dev, with each archive"
 cat >"$tmp/pairc.c" <<'EOF'
 /* pairc SOCKET KEY server|client MESSAGE: get a pair from the broker,
  * send MESSAGE and a newline, then copy what the peer sends to stdout. */
@@ -289,24 +292,53 @@ int main(int argc, char **argv)
 EOF
 # The system's pkg-config, not one of a caller's PKG_CONFIG_PATH.
 pc() { env -u PKG_CONFIG_PATH -u PKG_CONFIG_LIBDIR pkg-config "$@"; }
-[ "$(pc --modversion spbroker)" = "$version" ] || fail "pkg-config --modversion spbroker: $(pc --modversion spbroker)"
-[ "$(pc --variable=libdir spbroker)" = "/usr/lib/$multiarch" ] ||
-	fail "spbroker.pc's libdir is $(pc --variable=libdir spbroker), not /usr/lib/$multiarch"
-# shellcheck disable=SC2046 # pkg-config's output is a list of words
-cc -Wall -Wextra -Werror -o "$tmp/pairc" "$tmp/pairc.c" $(pc --cflags --libs spbroker) ||
-	fail "the C program does not build against the installed package"
+# spbroker is the Go c-archive, spbroker-c the runtime-free one; the same
+# program builds against either, by name.
+for pkg in spbroker spbroker-c; do
+	[ "$(pc --modversion $pkg)" = "$version" ] || fail "pkg-config --modversion $pkg: $(pc --modversion $pkg)"
+	[ "$(pc --variable=libdir $pkg)" = "/usr/lib/$multiarch" ] ||
+		fail "$pkg.pc's libdir is $(pc --variable=libdir $pkg), not /usr/lib/$multiarch"
+	want=false
+	[ $pkg = spbroker-c ] || want=true
+	[ "$(pc --variable=go_runtime $pkg)" = $want ] ||
+		fail "$pkg.pc says go_runtime=$(pc --variable=go_runtime $pkg), not $want"
+	# shellcheck disable=SC2046 # pkg-config's output is a list of words
+	cc -Wall -Wextra -Werror -o "$tmp/pairc-$pkg" "$tmp/pairc.c" $(pc --cflags --libs $pkg) ||
+		fail "the C program does not build with pkg-config $pkg against the installed package"
+done
+# Each links the archive its name says: a Go runtime (crosscall2 is
+# every c-archive's) in one, none in the other. (nm to a file: grep -q
+# would stop reading early, and pipefail count nm's SIGPIPE.)
+for pkg in spbroker spbroker-c; do
+	nm "$tmp/pairc-$pkg" >"$tmp/pairc-$pkg.nm" || fail "nm pairc-$pkg failed"
+done
+grep -qw crosscall2 "$tmp/pairc-spbroker.nm" ||
+	fail "the program built with pkg-config spbroker has no Go runtime"
+if grep -qw crosscall2 "$tmp/pairc-spbroker-c.nm"; then
+	fail "the program built with pkg-config spbroker-c has a Go runtime"
+fi
 
-timeout 60 "$tmp/pairc" "$sock" c-key server "C server" >"$tmp/c-server.out" &
-p1=$!
-timeout 60 "$tmp/pairc" "$sock" c-key client "C client" >"$tmp/c-client.out" &
-p2=$!
-wait $p1 || fail "the C program as server failed"
-wait $p2 || fail "the C program as client failed"
-expect "$tmp/c-server.out" "C client"
-expect "$tmp/c-client.out" "C server"
+# pair_c PKG KEY SERVER-MESSAGE CLIENT-MESSAGE [CLIENT-PKG]: the C program
+# built with PKG pairs as server with the one built with CLIENT-PKG (PKG
+# unless given) as client.
+pair_c() {
+	local client=${5:-$1}
+	timeout 60 "$tmp/pairc-$1" "$sock" "$2" server "$3" >"$tmp/$2-server.out" &
+	p1=$!
+	timeout 60 "$tmp/pairc-$client" "$sock" "$2" client "$4" >"$tmp/$2-client.out" &
+	p2=$!
+	wait $p1 || fail "the C program ($1) as server failed"
+	wait $p2 || fail "the C program ($client) as client failed"
+	expect "$tmp/$2-server.out" "$4"
+	expect "$tmp/$2-client.out" "$3"
+}
+pair_c spbroker c-key "C server" "C client"
+pair_c spbroker-c c-key-c "C server" "C client"
+# The two archives with each other.
+pair_c spbroker-c c-key-both "runtime-free" "Go archive" spbroker
 
 # And across the two clients: the C library meets one-socketctl.
-timeout 60 "$tmp/pairc" "$sock" mixed-key server "C side" >"$tmp/mixed-c.out" &
+timeout 60 "$tmp/pairc-spbroker" "$sock" mixed-key server "C side" >"$tmp/mixed-c.out" &
 p1=$!
 pair_ctl mixed-key client "shell side" "$tmp/mixed-ctl.out" &
 p2=$!
@@ -316,7 +348,7 @@ expect "$tmp/mixed-c.out" "shell side"
 expect "$tmp/mixed-ctl.out" "C side"
 
 paired=$(/usr/bin/one-socketctl --ctl-socket "$ctl" status --json | tr ',' '\n' | sed -n 's/.*"paired_total":[[:space:]]*\([0-9]*\).*/\1/p')
-[ "$paired" = 3 ] || fail "the daemon counts $paired pairs, not 3"
+[ "$paired" = 5 ] || fail "the daemon counts $paired pairs, not 5"
 
 /usr/bin/one-socketctl --ctl-socket "$ctl" stop >/dev/null || fail "one-socketctl stop failed"
 wait_gone "$daemon_pid" || fail "the daemon did not stop"
@@ -334,11 +366,13 @@ for p in "${packages[@]}"; do
 	esac
 done
 for f in /usr/bin/one-socket /usr/bin/one-socketctl /usr/include/socketpair-broker \
-	"/usr/lib/$multiarch/libspbroker.a" /lib/systemd/system/one-socket.service \
+	"/usr/lib/$multiarch/libspbroker.a" "/usr/lib/$multiarch/libspbroker-c.a" \
+	"/usr/lib/$multiarch/pkgconfig/spbroker.pc" "/usr/lib/$multiarch/pkgconfig/spbroker-c.pc" \
+	/lib/systemd/system/one-socket.service \
 	"$wants/one-socket.socket" "$wants/one-socket-control.socket"; do
 	if [ -e "$f" ] || [ -L "$f" ]; then
 		fail "$f is still there after the purge"
 	fi
 done
 
-echo "$prog: ok: built, lintian-clean, installed, paired (one-socketctl and C), purged"
+echo "$prog: ok: built, lintian-clean, installed, paired (one-socketctl, and C with spbroker and spbroker-c), purged"

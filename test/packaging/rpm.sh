@@ -3,8 +3,9 @@
 #
 # rpm.sh - build the RPM packages from packaging/rpm/one-socket.spec and
 # check them without installing: rpmbuild -bb on a tarball of the tree,
-# then the names, versions and split of the binary RPMs and the exact
-# file list of each (rpm -qlp).
+# then the names, versions and split of the binary RPMs, the exact file
+# list of each (rpm -qlp: libspbroker-devel holds both archives and both
+# .pc files) and the pkgconfig() provides.
 #
 # Run from anywhere: test/packaging/rpm.sh. Root is not needed. Exits 77
 # (skipped) when a tool is missing, 1 on a failure. The source is what git
@@ -116,7 +117,9 @@ same_list "the files of libspbroker-devel" "\
 /usr/include/socketpair-broker
 /usr/include/socketpair-broker/helper.h
 /usr/include/socketpair-broker/proto.h
+$libdir/libspbroker-c.a
 $libdir/libspbroker.a
+$libdir/pkgconfig/spbroker-c.pc
 $libdir/pkgconfig/spbroker.pc
 /usr/share/doc/libspbroker-devel
 /usr/share/doc/libspbroker-devel/c-library.md
@@ -126,9 +129,12 @@ $libdir/pkgconfig/spbroker.pc
 /usr/share/licenses/libspbroker-devel/LICENSE.go
 /usr/share/man/man3/libspbroker.3" "$(file_list "$rpm_devel")"
 
-# The pkg-config file is announced, for "BuildRequires: pkgconfig(spbroker)".
-rpm -qp --provides "$rpm_devel" | grep -qx "pkgconfig(spbroker) = $version" ||
-	fail "libspbroker-devel does not provide pkgconfig(spbroker) = $version"
+# The pkg-config files are announced, for "BuildRequires:
+# pkgconfig(spbroker)" or "pkgconfig(spbroker-c)".
+for pkg in spbroker spbroker-c; do
+	rpm -qp --provides "$rpm_devel" | grep -qx "pkgconfig($pkg) = $version" ||
+		fail "libspbroker-devel does not provide pkgconfig($pkg) = $version"
+done
 
 # The scriptlets treat the units as debian/ does: the service is restarted
 # on upgrade, the sockets are not.
