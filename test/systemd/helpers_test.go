@@ -261,6 +261,36 @@ func pairOnce(t *testing.T, key string) {
 	require.NoError(t, connected(s.f, c), "key %q: the pair", key)
 }
 
+// pairErr pairs two clients on key, each asking again through a restart
+// as GetPair does, and checks the pair; it reports what failed instead of
+// failing the test, for the goroutines that make load.
+func pairErr(key string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type result struct {
+		f   *os.File
+		err error
+	}
+	server := make(chan result, 1)
+	go func() {
+		f, err := libspbroker.GetPair(ctx, brokerSocket, []byte(key), libspbroker.ModeServer)
+		server <- result{f, err}
+	}()
+	c, cerr := libspbroker.GetPair(ctx, brokerSocket, []byte(key), libspbroker.ModeClient)
+	s := <-server
+	switch {
+	case s.err != nil:
+		return fmt.Errorf("key %q, the server's GetPair: %w", key, s.err)
+	case cerr != nil:
+		s.f.Close()
+		return fmt.Errorf("key %q, the client's GetPair: %w", key, cerr)
+	}
+	if err := connected(s.f, c); err != nil {
+		return fmt.Errorf("key %q: the pair: %w", key, err)
+	}
+	return nil
+}
+
 // hungUp reports whether err is the broker's hanging up: the end of the
 // connection, or a reset.
 func hungUp(err error) bool {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -84,11 +86,44 @@ func TestKill(t *testing.T) {
 	ws := park(t, "kill", crowd)
 	waitWaiting(t, crowd)
 	waitKept(t, crowd)
+	// Pairs made without pause through the kill: those in flight then
+	// are asked again by GetPair, and every one must end paired.
+	stop := make(chan struct{})
+	var loadPairs atomic.Int64
+	var loadErr atomic.Value
+	var load sync.WaitGroup
+	for g := range 2 {
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := pairErr(fmt.Sprintf("load-%d-%d", g, i)); err != nil {
+					loadErr.Store(err)
+					return
+				}
+				loadPairs.Add(1)
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	before := loadPairs.Load()
 	run(t, "systemctl", "kill", "--signal=KILL", service)
 	waitRunning(t, "the service, started again by Restart=on-failure", old)
 	require.Equal(t, "1", prop(t, service, "NRestarts"))
-	requireAllPaired(t, ws, "systemctl kill --signal=KILL and the restart "+
-		"(clients survive a crash only with crash survival, issue 12, point 2)")
+	requireAllPaired(t, ws, "systemctl kill --signal=KILL and the restart")
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	load.Wait()
+	if err, _ := loadErr.Load().(error); err != nil {
+		t.Fatalf("a pairing under load across the kill: %v", err)
+	}
+	require.Greater(t, loadPairs.Load(), before, "pairs made under load after the kill")
+	t.Logf("%d pairs made under load, %d before the kill", loadPairs.Load(), before)
 }
 
 // TestStop: a stop for good hangs up on the waiting clients, whether it
