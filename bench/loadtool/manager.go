@@ -27,19 +27,7 @@ func manage(dir, bin string, n int, every time.Duration, crash bool, args []stri
 		return err
 	}
 	defer m.Close()
-	start := func() (*exec.Cmd, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := m.Start(cmd, os.Environ()); err != nil {
-			return nil, err
-		}
-		if _, err := m.WaitFor("READY=1", 20*time.Second); err != nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-			return nil, err
-		}
-		return cmd, nil
-	}
+	start := func() (*exec.Cmd, error) { return startManaged(m, bin, args) }
 	cmd, err := start()
 	if err != nil {
 		return err

@@ -42,7 +42,7 @@ func survive(path, ctl, bin, killCmd string, n int, args []string) error {
 		}
 		defer m.Close()
 		path, ctl = m.BrokerPath, m.CtlPath
-		if cmd, err = startManaged(m, bin, args); err != nil {
+		if cmd, err = startManaged(m, bin, append([]string{"--fdstore"}, args...)); err != nil {
 			return err
 		}
 		defer func() {
@@ -82,7 +82,7 @@ func survive(path, ctl, bin, killCmd string, n int, args []string) error {
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		var err error
-		if cmd, err = startManaged(m, bin, args); err != nil {
+		if cmd, err = startManaged(m, bin, append([]string{"--fdstore"}, args...)); err != nil {
 			return fmt.Errorf("the start after the kill: %w", err)
 		}
 	} else if out, err := exec.Command("sh", "-c", killCmd).CombinedOutput(); err != nil {
@@ -146,10 +146,11 @@ func pairWaiter(ctx context.Context, path string, key []byte, fd int) error {
 	return exchange(mine, int(peer.Fd()))
 }
 
-// startManaged starts bin with args under m and waits for READY=1.
+// startManaged starts bin with args under m, its output on our standard
+// error, and waits for READY=1.
 func startManaged(m *testutil.Manager, bin string, args []string) (*exec.Cmd, error) {
-	cmd := exec.Command(bin, append([]string{"--fdstore"}, args...)...)
-	cmd.Stderr = os.Stderr
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := m.Start(cmd, os.Environ()); err != nil {
 		return nil, err
 	}

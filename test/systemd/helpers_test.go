@@ -243,22 +243,7 @@ func connected(a, b *os.File) error {
 // pair they get.
 func pairOnce(t *testing.T, key string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	type result struct {
-		f   *os.File
-		err error
-	}
-	server := make(chan result, 1)
-	go func() {
-		f, err := libspbroker.GetPair(ctx, brokerSocket, []byte(key), libspbroker.ModeServer)
-		server <- result{f, err}
-	}()
-	c, cerr := libspbroker.GetPair(ctx, brokerSocket, []byte(key), libspbroker.ModeClient)
-	s := <-server
-	require.NoError(t, s.err, "key %q, the server's GetPair", key)
-	require.NoError(t, cerr, "key %q, the client's GetPair", key)
-	require.NoError(t, connected(s.f, c), "key %q: the pair", key)
+	require.NoError(t, pairErr(key))
 }
 
 // pairErr pairs two clients on key, each asking again through a restart
