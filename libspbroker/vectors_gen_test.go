@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,7 +62,10 @@ type Decoded struct {
 // results.
 type MessageVector struct {
 	Name string `json:"name"`
-	Hex  string `json:"hex"`
+	// Hex is the message's bytes without their trailing zeros, and Length
+	// the number of bytes in all: the rest are zeros.
+	Hex    string `json:"hex"`
+	Length int    `json:"length"`
 	// NFDs is the number of descriptors the message came with (msg->n_fds).
 	NFDs int `json:"nfds"`
 	// Expected is the list of acceptable request types; null accepts any.
@@ -232,7 +236,7 @@ func vectorRules(d *Decoded, nfds int, expected []uint32) *violation {
 
 // messageVector computes a vector's expectations from its bytes.
 func messageVector(name string, b []byte, nfds int, expected []uint32) MessageVector {
-	v := MessageVector{Name: name, Hex: hex.EncodeToString(b), NFDs: nfds, Expected: expected}
+	v := MessageVector{Name: name, Hex: hex.EncodeToString(bytes.TrimRight(b, "\x00")), Length: len(b), NFDs: nfds, Expected: expected}
 	if len(b) < 1040 || len(b) > 1044 {
 		// Only Go and Python decode; C's validate takes a struct.
 		_, v.DecodeGo, v.DecodePy = protocolOutcome("ErrLength", "LengthError", fmt.Sprintf("spbroker: wrong message length: length %d", len(b))).outcomes()
@@ -390,6 +394,45 @@ func genMessages() []MessageVector {
 		copy(b, fullSet)
 		vs = append(vs, messageVector(fmt.Sprintf("length/set_pair/%d", n), b, 1, nil))
 	}
+	// Combinations: fields drawn from interesting values by a fixed-seed
+	// generator (PCG's output is fixed by math/rand/v2's documentation),
+	// so that rules are met in every mix.
+	rng := rand.New(rand.NewPCG(13, 4))
+	pick32 := func(vals ...uint32) uint32 { return vals[rng.IntN(len(vals))] }
+	pick16 := func(vals ...uint16) uint16 { return vals[rng.IntN(len(vals))] }
+	for i := range 200 {
+		r := rawMessage{
+			request: pick32(0, 1, 1, 1, 2, 2, 2, 3, 0xffffffff),
+			flags:   pick32(1, 1, 1, 1, 1, 1, 0, 2, 0x11, 0x80000001),
+			size:    pick32(1028, 1028, 8, 8, 0, 1040, 1044),
+			mode:    pick16(0, 1, 2, 3, 0xffff),
+			keyLen:  pick16(1, 5, 1024, 0, 1025),
+		}
+		if rng.IntN(3) > 0 { // mostly the size that fits the type
+			r.size = 8
+			if r.request == 1 {
+				r.size = 1028
+			}
+		}
+		r.key = []byte(strings.Repeat("r", min(int(r.keyLen), 3)))
+		if r.request != 1 && rng.IntN(2) == 0 {
+			r.key, r.mode, r.keyLen = nil, 0, 0
+			r.u64 = uint64(pick32(0, 0, 1, 0xffffffff))
+		}
+		var expected []uint32
+		switch rng.IntN(5) {
+		case 0:
+			expected = []uint32{1}
+		case 1:
+			expected = []uint32{2}
+		case 2:
+			expected = []uint32{}
+		}
+		n := int(pick32(1044, 1044, 1044, 1040))
+		add := messageVector(fmt.Sprintf("mixed/%03d", i), r.bytes()[:n], rng.IntN(3), expected)
+		vs = append(vs, add)
+	}
+
 	// At 1040 bytes the broken rules are found as at 1044.
 	g := getPairRaw(3, "k").bytes()[:1040]
 	vs = append(vs, messageVector("length/1040/bad-mode", g, 0, nil))

@@ -100,6 +100,8 @@ func TestMessageVectors(t *testing.T) {
 	for _, v := range file.Messages {
 		b, err := hex.DecodeString(v.Hex)
 		require.NoError(t, err, v.Name)
+		require.LessOrEqual(t, len(b), v.Length, v.Name)
+		b = append(b, make([]byte, v.Length-len(b))...)
 		var m spb.Message
 		err = m.Decode(b)
 		if v.Decoded == nil {
