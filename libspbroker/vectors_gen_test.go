@@ -87,7 +87,8 @@ type MessageVector struct {
 // Step is one step of a socket scenario. Client steps (Do: connect,
 // get_pair, send_get_pair, receive_set_pair, set_nonblock) have
 // expectations per API; broker steps (bind, broker_write, broker_read,
-// broker_close) are the runner playing the broker with plain system calls.
+// broker_close, serve, served) are the runner playing the broker with
+// plain system calls.
 type Step struct {
 	Do string `json:"do"`
 	// Path for bind, connect and get_pair; "{dir}" is a fresh directory.
@@ -104,6 +105,9 @@ type Step struct {
 	// 2000, without waiting).
 	Hex string `json:"hex,omitempty"`
 	FDs int    `json:"fds,omitempty"`
+	// Read, for serve: whether the broker reads the request before it
+	// replies (with Hex and FDs, if any) and closes.
+	Read bool `json:"read,omitempty"`
 	// Remaining, for receive_set_pair: how many bytes must be left unread
 	// on the client's socket after the call.
 	Remaining int `json:"remaining,omitempty"`
@@ -632,6 +636,44 @@ func genScenarios() []Scenario {
 	add("nonblock/nothing-yet", send("client", "k"), Step{Do: "set_nonblock"}, receive(0, c, g, p),
 		read("client", "k"), write(setPair, 1), receiveOK(0))
 	add("nonblock/pieces", Step{Do: "set_nonblock"}, write(setPair[:100], 1), write(setPair[100:], 0), receiveOK(0))
+
+	// The whole call against a broker the runner plays on a listening
+	// socket, in a thread: it accepts one connection, waits until the
+	// request has arrived, reads it or not, writes its reply or not, and
+	// closes. served checks what it read.
+	srv := "{dir}/b.sock"
+	serve := func(read bool, reply []byte, fds int) Step {
+		return Step{Do: "serve", Path: srv, Read: read, Hex: hexOf(reply), FDs: fds}
+	}
+	served := func(mode, key string) Step {
+		return Step{Do: "served", Hex: hexOf(getPairRaw(modeNum[mode], key).bytes())}
+	}
+	getPair := func(mode string, c, g, p *Outcome) Step {
+		return with(Step{Do: "get_pair", Path: srv, Mode: mode, Key: "key"}, c, g, p)
+	}
+	for _, m := range []string{"none", "client", "server"} {
+		add("get_pair/"+m, serve(true, setPair, 1), getPair(m, ok(), ok(), ok()), served(m, "key"))
+	}
+	add("get_pair/reply-of-1040-bytes", serve(true, setPair[:1040], 1), getPair("client", ok(), ok(), ok()), served("client", "key"))
+	// Go's GetPair names the broker's address in its errors; the C
+	// library and Connect/ReceiveSetPair work on a descriptor and do not.
+	addr := func(g *Outcome) *Outcome {
+		g.Message = strings.Replace(g.Message, "receive unix:", "receive unix "+srv+":", 1)
+		return g
+	}
+	c, g, p = sysOutcomes("ECONNRESET", "receive", "", "recvmsg", "connection reset by peer",
+		"ConnectionResetError", "[Errno 104] Connection reset by peer")
+	add("get_pair/closed-before-reading-request", serve(false, nil, 0), getPair("server", c, addr(g), p))
+	c, g, p = closedReceive("spbroker: broker closed the connection without a reply")
+	add("get_pair/closed-after-reading-request", serve(true, nil, 0), getPair("server", c, addr(g), p), served("server", "key"))
+	c, g, p = closedReceive("spbroker: broker closed the connection after 520 of 1040 bytes")
+	add("get_pair/closed-after-520-bytes", serve(true, setPair[:520], 1), getPair("none", c, addr(g), p), served("none", "key"))
+	c, g, p = protoReceive("ErrFDCount", "DescriptorCountError", fdsText(2))
+	add("get_pair/two-descriptors", serve(true, setPair, 2), getPair("client", c, addr(g), p), served("client", "key"))
+	c, g, p = protoReceive("ErrFDCount", "DescriptorCountError", fdsText(0))
+	add("get_pair/no-descriptor", serve(true, setPair, 0), getPair("client", c, addr(g), p), served("client", "key"))
+	c, g, p = protoReceive("ErrUnexpected", "UnexpectedTypeError", "spbroker: unexpected request type: request GET_PAIR")
+	add("get_pair/reply-get_pair", serve(true, getPairRaw(2, "key").bytes(), 0), getPair("client", c, addr(g), p), served("client", "key"))
 	return sc
 }
 

@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -135,6 +136,99 @@ type vecScenario struct {
 	broker int
 	kept   []int
 	others []int // descriptors to close at the end
+
+	// A serve step's broker, until joinServer: what it read, and the
+	// kept ends of the descriptors it passed.
+	server chan served
+	served []byte
+}
+
+type served struct {
+	read []byte
+	kept []int
+	err  error
+}
+
+// serve listens at st.Path and, in a goroutine, plays the broker for one
+// connection as st says.
+func (s *vecScenario) serve(st Step) {
+	t := s.t
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	s.others = append(s.others, lfd)
+	require.NoError(t, unix.Bind(lfd, &unix.SockaddrUnix{Name: s.path(st.Path)}))
+	require.NoError(t, unix.Listen(lfd, 4))
+	reply, err := hex.DecodeString(st.Hex)
+	require.NoError(t, err)
+	done := make(chan served, 1)
+	s.server = done
+	go func() {
+		var res served
+		defer func() { done <- res }()
+		wait := func(fd int) bool {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(pfd, 10000)
+			return err == nil && n == 1
+		}
+		if !wait(lfd) {
+			res.err = errors.New("no connection")
+			return
+		}
+		cfd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			res.err = err
+			return
+		}
+		defer unix.Close(cfd)
+		if !wait(cfd) {
+			res.err = errors.New("no request")
+			return
+		}
+		if st.Read {
+			buf := make([]byte, spb.MessageSize)
+			n := 0
+			for n < len(buf) && wait(cfd) {
+				m, err := unix.Read(cfd, buf[n:])
+				if err != nil || m == 0 {
+					break
+				}
+				n += m
+			}
+			res.read = buf[:n]
+		}
+		if len(reply) > 0 {
+			var fds []int
+			for range st.FDs {
+				pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					res.err = err
+					return
+				}
+				res.kept = append(res.kept, pair[0])
+				fds = append(fds, pair[1])
+			}
+			var oob []byte
+			if len(fds) > 0 {
+				oob = unix.UnixRights(fds...)
+			}
+			_, res.err = unix.SendmsgN(cfd, reply, oob, nil, unix.MSG_NOSIGNAL)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}()
+}
+
+// joinServer waits for the serve step's broker to finish, if there is one.
+func (s *vecScenario) joinServer() {
+	if s.server == nil {
+		return
+	}
+	res := <-s.server
+	s.server = nil
+	s.kept = append(s.kept, res.kept...)
+	s.served = res.read
+	require.NoError(s.t, res.err, "the broker played by the test")
 }
 
 func (s *vecScenario) path(p string) string { return strings.ReplaceAll(p, "{dir}", s.dir) }
@@ -252,14 +346,22 @@ func (s *vecScenario) step(name string, i int, st Step) {
 			s.others = append(s.others, fd)
 		}
 		checkGoOutcome(t, what, st.Go, err, s.dir)
+	case "serve":
+		s.serve(st)
+	case "served":
+		assert.Equal(t, st.Hex, hex.EncodeToString(s.served), what)
 	case "get_pair":
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		f, err := (&spb.Config{NoRetry: true}).GetPair(ctx, s.path(st.Path), []byte(st.Key), vecMode(t, st.Mode))
+		s.joinServer()
+		checkGoOutcome(t, what, st.Go, err, s.dir)
 		if f != nil {
+			require.NotEmpty(t, s.kept, what)
+			peer := int(f.Fd())
+			assert.True(t, vecConnected(peer, s.kept[0]) && vecConnected(s.kept[0], peer), "%s: the descriptor received is not the one sent", what)
 			f.Close()
 		}
-		checkGoOutcome(t, what, st.Go, err, s.dir)
 	case "send_get_pair":
 		checkGoOutcome(t, what, st.Go, spb.SendGetPair(s.client, []byte(st.Key), vecMode(t, st.Mode)), s.dir)
 	case "receive_set_pair":

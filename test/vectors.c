@@ -28,6 +28,11 @@
  *                              NFDS descriptors (ends of new socketpairs)
  *   bread                      the broker reads what is there
  *   bclose                     the broker closes its end
+ *   serve PATH READ NFDS HEX   listen at PATH; a thread accepts one
+ *                              connection, waits for the request, reads
+ *                              it if READ is 1, writes HEX ("-": nothing)
+ *                              with NFDS descriptors, closes
+ *   served                     print what that thread read
  *   E                          end the scenario: close both ends, check
  *                              that every descriptor passed is closed
  *   A NAME                     one call with bad arguments (see below)
@@ -39,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -228,6 +234,26 @@ print_hex(const char *op, const unsigned char *b, size_t n)
     printf("\n");
 }
 
+/*
+ * The broker of a serve command, in a thread: it accepts one connection,
+ * waits for the request, reads it if told to, writes its reply if any, and
+ * closes.  Joined by the next get_pair.
+ */
+struct server {
+    pthread_t thread;
+    bool running;
+    int lfd;
+    bool read;
+    int nfds;
+    unsigned char reply[4096];
+    int reply_len;
+    unsigned char got[SP_BROKER_MESSAGE_SIZE];
+    size_t got_len;
+    const char *failed; /* what went wrong, or NULL */
+};
+
+static struct server server;
+
 static void
 broker_write(int nfds, const char *hex)
 {
@@ -239,7 +265,14 @@ broker_write(int nfds, const char *hex)
     int fds[MAX_KEPT];
     struct iovec iov;
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    int n = unhex(hex, bytes, sizeof bytes);
+    int n;
+
+    if (hex) {
+        n = unhex(hex, bytes, sizeof bytes);
+    } else {
+        memcpy(bytes, server.reply, (size_t) server.reply_len);
+        n = server.reply_len;
+    }
 
     if (n < 0 || nfds < 0 || n_kept + nfds > MAX_KEPT) {
         fprintf(stderr, "vectors: bad bwrite\n");
@@ -280,6 +313,63 @@ mode_server(const char *mode, bool *nondir)
     return strcmp(mode, "server") == 0;
 }
 
+
+static bool
+wait_in(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+
+    return poll(&p, 1, 10000) == 1;
+}
+
+static void *
+server_main(void *arg)
+{
+    struct server *sv = arg;
+    int cfd;
+
+    if (!wait_in(sv->lfd) || (cfd = accept4(sv->lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
+        sv->failed = "no connection";
+        return NULL;
+    }
+    if (!wait_in(cfd)) {
+        sv->failed = "no request";
+        close(cfd);
+        return NULL;
+    }
+    if (sv->read) {
+        while (sv->got_len < sizeof sv->got && wait_in(cfd)) {
+            ssize_t r = read(cfd, sv->got + sv->got_len, sizeof sv->got - sv->got_len);
+
+            if (r <= 0)
+                break;
+            sv->got_len += (size_t) r;
+        }
+    }
+    if (sv->reply_len > 0) {
+        int save = broker_fd;
+
+        broker_fd = cfd;
+        broker_write(sv->nfds, NULL);
+        broker_fd = save;
+    }
+    close(cfd);
+    return NULL;
+}
+
+static void
+server_join(void)
+{
+    if (!server.running)
+        return;
+    pthread_join(server.thread, NULL);
+    server.running = false;
+    if (server.failed) {
+        fprintf(stderr, "vectors: the broker played here: %s\n", server.failed);
+        exit(2);
+    }
+}
+
 static void
 scenario_command(char *op, char **args, int nargs)
 {
@@ -311,18 +401,47 @@ scenario_command(char *op, char **args, int nargs)
         report(op, ret, e, err, true);
     } else if (strcmp(op, "get_pair") == 0 && nargs == 3) {
         char key[2048] = { 0 };
-        bool nondir, server = mode_server(args[1], &nondir);
+        bool nondir, is_server = mode_server(args[1], &nondir);
 
         expand(args[0], path, sizeof path);
         if (unhex(args[2], (unsigned char *) key, sizeof key - 1) < 0)
             die("key");
         errno = 0;
         ret = nondir ? sp_broker_get_pair_nondirectional(path, key, &err)
-                     : sp_broker_get_pair(path, key, server, &err);
+                     : sp_broker_get_pair(path, key, is_server, &err);
         e = errno;
-        if (ret >= 0)
-            close(ret);
+        server_join();
         report(op, ret, e, err, true);
+        if (ret >= 0) {
+            bool same = n_kept > 0 && connected(ret, kept[0]) && connected(kept[0], ret);
+
+            printf("peer %s\n", same ? "ok" : "NOT THE DESCRIPTOR SENT");
+            close(ret);
+        }
+    } else if (strcmp(op, "serve") == 0 && nargs == 4) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+        expand(args[0], path, sizeof path);
+        if (strlen(path) >= sizeof sa.sun_path)
+            die("serve path");
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        unlink(path);
+        memset(&server, 0, sizeof server);
+        server.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (server.lfd < 0 || bind(server.lfd, (struct sockaddr *) &sa, sizeof sa) < 0 ||
+            listen(server.lfd, 4) < 0)
+            die("serve");
+        others[n_others++] = server.lfd;
+        server.read = strcmp(args[1], "1") == 0;
+        server.nfds = atoi(args[2]);
+        server.reply_len = unhex(args[3], server.reply, sizeof server.reply);
+        if (server.reply_len < 0)
+            die("serve reply");
+        if (pthread_create(&server.thread, NULL, server_main, &server) != 0)
+            die("pthread_create");
+        server.running = true;
+    } else if (strcmp(op, "served") == 0 && nargs == 0) {
+        print_hex("served", server.got, server.got_len);
     } else if (strcmp(op, "send") == 0 && nargs == 2) {
         char key[2048] = { 0 };
         bool nondir, server = mode_server(args[0], &nondir);

@@ -48,6 +48,7 @@ type vecStep struct {
 	Hex       string      `json:"hex"`
 	FDs       int         `json:"fds"`
 	Remaining int         `json:"remaining"`
+	Read      bool        `json:"read"`
 	C         *vecOutcome `json:"c"`
 }
 
@@ -149,6 +150,22 @@ func vectorScript(t *testing.T, dirs string) (in, want string, counts [3]int) {
 			case "get_pair":
 				fmt.Fprintf(&i, "get_pair %s %s %s\n", st.Path, st.Mode, hexKey(st.Key))
 				w.WriteString(outcomeLine(t, "get_pair", st.C, dir, true))
+				if st.C.OK {
+					w.WriteString("peer ok\n")
+				}
+			case "serve":
+				read := 0
+				if st.Read {
+					read = 1
+				}
+				h := st.Hex
+				if h == "" {
+					h = "-"
+				}
+				fmt.Fprintf(&i, "serve %s %d %d %s\n", st.Path, read, st.FDs, h)
+			case "served":
+				i.WriteString("served\n")
+				fmt.Fprintf(&w, "served %s\n", st.Hex)
 			case "send_get_pair":
 				fmt.Fprintf(&i, "send %s %s\n", st.Mode, hexKey(st.Key))
 				w.WriteString(outcomeLine(t, "send", st.C, dir, true))

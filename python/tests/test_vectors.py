@@ -13,6 +13,7 @@ import select
 import socket
 import sys
 import tempfile
+import threading
 import unittest
 from typing import Any, Dict, List, Optional
 
@@ -99,6 +100,66 @@ class Scenario:
         self.broker_open = True
         self.kept: List[socket.socket] = []
         self.others: List[socket.socket] = []
+        self.server: Optional[threading.Thread] = None
+        self.server_result: Dict[str, Any] = {}
+        self.served = b""
+
+    def serve(self, st: Dict[str, Any]) -> None:
+        """Listen at st's path and, in a thread, play the broker for one
+        connection: wait for the request, read it or not, reply or not,
+        close."""
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.others.append(lsock)
+        lsock.bind(self.path(st["path"]))
+        lsock.listen(4)
+        reply = bytes.fromhex(st.get("hex", ""))
+        result: Dict[str, Any] = {"read": b"", "kept": [], "error": None}
+
+        def run() -> None:
+            try:
+                if not select.select([lsock], [], [], 10.0)[0]:
+                    raise RuntimeError("no connection")
+                conn, _ = lsock.accept()
+                with conn:
+                    if not select.select([conn], [], [], 10.0)[0]:
+                        raise RuntimeError("no request")
+                    if st.get("read"):
+                        got = b""
+                        while len(got) < spbroker.MESSAGE_SIZE and select.select([conn], [], [], 10.0)[0]:
+                            data = conn.recv(spbroker.MESSAGE_SIZE - len(got))
+                            if not data:
+                                break
+                            got += data
+                        result["read"] = got
+                    if reply:
+                        fds = []
+                        for _ in range(st.get("fds", 0)):
+                            a, b = socket.socketpair()
+                            result["kept"].append(a)
+                            fds.append(b)
+                        anc = []
+                        if fds:
+                            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [f.fileno() for f in fds]).tobytes())]
+                        conn.sendmsg([reply], anc)
+                        for f in fds:
+                            f.close()
+            except BaseException as e:  # reported by join_server
+                result["error"] = e
+
+        self.server = threading.Thread(target=run, daemon=True)
+        self.server_result = result
+        self.server.start()
+
+    def join_server(self) -> None:
+        if self.server is None:
+            return
+        self.server.join(30.0)
+        self.test.assertFalse(self.server.is_alive(), self.name + ": the broker played here hangs")
+        self.server = None
+        self.kept.extend(self.server_result["kept"])
+        self.served = self.server_result["read"]
+        if self.server_result["error"] is not None:
+            raise self.server_result["error"]
 
     def path(self, p: str) -> str:
         return p.replace("{dir}", self.dir)
@@ -144,14 +205,24 @@ class Scenario:
             s = self.call(do, st["py"], lambda: spbroker.connect(self.path(st["path"]), nonblocking=st.get("nonblock", False)))
             if s is not None:
                 s.close()
+        elif do == "serve":
+            self.serve(st)
+        elif do == "served":
+            self.test.assertEqual(st["hex"], self.served.hex(), self.name + ": served")
         elif do == "get_pair":
-            s = self.call(
+            peer = self.call(
                 do,
                 st["py"],
                 lambda: spbroker.get_pair(self.path(st["path"]), st.get("key", "").encode(), MODES[st["mode"]], 10.0, retry=False),
             )
-            if s is not None:
-                s.close()
+            self.join_server()
+            if peer is not None:
+                with peer:
+                    self.test.assertTrue(self.kept, self.name)
+                    self.test.assertTrue(
+                        connected(peer, self.kept[0]) and connected(self.kept[0], peer),
+                        self.name + ": the descriptor received is not the one sent",
+                    )
         elif do == "send_get_pair":
             self.call(do, st["py"], lambda: spbroker.send_get_pair(self.client, st.get("key", "").encode(), MODES[st["mode"]]))
         elif do == "receive_set_pair":
