@@ -37,6 +37,8 @@
  *                              that every descriptor passed is closed
  *   A NAME                     one call with bad arguments (see below)
  *
+ * With --fork the commands run in a child forked after a first call.
+ *
  * Output: for each call "OP ok" or "OP fail ERRNO MESSAGE" (the message
  * as *err holds it, "(null)" if none, "(no err)" when err was NULL).
  */
@@ -53,6 +55,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <socketpair-broker/helper.h>
@@ -616,11 +619,34 @@ argument_case(const char *name)
 }
 
 int
-main(void)
+main(int argc, char **argv)
 {
     static char line[LINE_MAX_LEN];
 
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 2 && strcmp(argv[1], "--fork") == 0) {
+        /*
+         * Run in a child forked after a first call: the Go archive must
+         * notice and serve the child from its C path, with the same
+         * results.
+         */
+        int status;
+        pid_t pid;
+
+        (void) sp_broker_message_validate(NULL, NULL, 0, NULL);
+        fflush(stdout);
+        pid = fork();
+        if (pid < 0)
+            die("fork");
+        if (pid > 0) {
+            if (waitpid(pid, &status, 0) != pid)
+                die("waitpid");
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 3;
+        }
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: vectors [--fork] < commands\n");
+        return 2;
+    }
     while (fgets(line, sizeof line, stdin)) {
         char *args[8];
         int nargs = 0;

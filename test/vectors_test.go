@@ -217,18 +217,25 @@ func pkgConfigLib(t *testing.T, name string) lib {
 }
 
 // TestVectors runs the vectors through vectors.c linked with the Go
-// c-archive and with the runtime-free archive, and with every pkg-config
+// c-archive (in the process that loaded it, and in a child forked after a
+// first call, which the archive serves from its C path), with the
+// runtime-free archive, and with every pkg-config
 // name in $ONE_SOCKET_VECTORS_PKGS (space-separated: "spbroker
 // spbroker-c" against installed archives). Each build must print exactly
 // what the vectors say, and so all builds print the same bytes.
 func TestVectors(t *testing.T) {
 	t.Parallel()
-	libs := []func(*testing.T) lib{
-		goArchive,
-		func(t *testing.T) lib { return cArchive(t, false) },
+	type build struct {
+		lib  func(*testing.T) lib
+		fork bool // run in a child forked after a first call
+	}
+	builds := []build{
+		{lib: goArchive},
+		{lib: goArchive, fork: true},
+		{lib: func(t *testing.T) lib { return cArchive(t, false) }},
 	}
 	for _, name := range strings.Fields(os.Getenv("ONE_SOCKET_VECTORS_PKGS")) {
-		libs = append(libs, func(t *testing.T) lib { return pkgConfigLib(t, name) })
+		builds = append(builds, build{lib: func(t *testing.T) lib { return pkgConfigLib(t, name) }})
 	}
 	// One directory, so that paths in the output are the same for every
 	// build; the builds run one after the other.
@@ -237,11 +244,16 @@ func TestVectors(t *testing.T) {
 	t.Logf("%d messages, %d socket scenarios, %d argument cases", counts[0], counts[1], counts[2])
 	outputs := map[string]string{}
 	var first string
-	for _, mk := range libs {
-		l := mk(t)
+	for _, b := range builds {
+		l := b.lib(t)
 		prog := program(t, l, "vectors")
+		var args []string
+		if b.fork {
+			args = []string{"--fork"}
+			l.name += " (in a forked child)"
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		cmd := exec.CommandContext(ctx, prog)
+		cmd := exec.CommandContext(ctx, prog, args...)
 		cmd.Env = append(os.Environ(), l.env...)
 		cmd.Stdin = strings.NewReader(in)
 		var stdout, stderr bytes.Buffer
