@@ -513,6 +513,36 @@ func genScenarios() []Scenario {
 	add("no-broker/get_pair", with(Step{Do: "get_pair", Path: missing, Mode: "client", Key: "k"}, c, gp, p))
 	add("no-broker/get_pair-none", with(Step{Do: "get_pair", Path: missing, Mode: "none", Key: "k"}, c, gp, p))
 
+	// Path lengths: sun_path holds 108 bytes, a file name's NUL among
+	// them; an abstract name ("@" for its leading NUL) is held to the same
+	// limit, as Go's x/sys/unix holds it (so no One Socket broker can
+	// listen on a longer one).
+	long := func(lead string, n int) string {
+		p := lead + "spbroker-vectors-"
+		return p + strings.Repeat("p", n-len(p))
+	}
+	for _, tc := range []struct {
+		path  string
+		errno string
+		c     string
+		pt    string
+		py    string
+	}{
+		{long("/nonexistent/", 107), "ENOENT", "no such file or directory", "FileNotFoundError", "[Errno 2] No such file or directory"},
+		{long("/nonexistent/", 108), "EINVAL", "invalid argument", "OSError", "[Errno 22] Invalid argument"},
+		{long("/nonexistent/", 200), "EINVAL", "invalid argument", "OSError", "[Errno 22] Invalid argument"},
+		{long("@", 107), "ECONNREFUSED", "connection refused", "ConnectionRefusedError", "[Errno 111] Connection refused"},
+		{long("@", 108), "EINVAL", "invalid argument", "OSError", "[Errno 22] Invalid argument"},
+		{long("@", 109), "EINVAL", "invalid argument", "OSError", "[Errno 22] Invalid argument"},
+	} {
+		kind := "path"
+		if tc.path[0] == '@' {
+			kind = "abstract"
+		}
+		c, g, p := sysOutcomes(tc.errno, "connect", tc.path, "connect", tc.c, tc.pt, tc.py+": '"+tc.path+"'")
+		add(fmt.Sprintf("connect/%s-of-%d-bytes", kind, len(tc.path)), with(Step{Do: "connect", Path: tc.path}, c, g, p))
+	}
+
 	// Refused: a socket file nobody listens on, as a crashed broker leaves.
 	refused := "{dir}/refused.sock"
 	c, g, p = sysOutcomes("ECONNREFUSED", "connect", refused, "connect", "connection refused",
