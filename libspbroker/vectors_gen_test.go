@@ -86,7 +86,9 @@ type MessageVector struct {
 
 // Step is one step of a socket scenario. Client steps (Do: connect,
 // get_pair, send_get_pair, receive_set_pair, set_nonblock) have
-// expectations per API; broker steps (bind, broker_write, broker_read,
+// expectations per API (nil: the API cannot make that call; a connection
+// made stays open to the scenario's end); broker steps (bind, listen with
+// a backlog of 0, broker_write, broker_read,
 // broker_close, serve, served) are the runner playing the broker with
 // plain system calls.
 type Step struct {
@@ -95,7 +97,7 @@ type Step struct {
 	Path string `json:"path,omitempty"`
 	// Nonblock for connect.
 	Nonblock bool `json:"nonblock,omitempty"`
-	// Key and Mode ("none", "client", "server") for send_get_pair and
+	// Key and Mode ("none", "client", "server", "max") for send_get_pair and
 	// get_pair.
 	Key  string `json:"key,omitempty"`
 	Mode string `json:"mode,omitempty"`
@@ -552,6 +554,16 @@ func genScenarios() []Scenario {
 	add("refused/connect-nonblock", Step{Do: "bind", Path: refused}, with(Step{Do: "connect", Path: refused, Nonblock: true}, c, g, p))
 	add("refused/get_pair", Step{Do: "bind", Path: refused}, with(Step{Do: "get_pair", Path: refused, Mode: "server", Key: "k"}, c, gp, p))
 
+	// A full backlog: listen(2) with a backlog of 0 takes one connection;
+	// a nonblocking connect then fails with EAGAIN (it could never
+	// complete), where a blocking one would wait for room.
+	full := "{dir}/full.sock"
+	c, g, p = sysOutcomes("EAGAIN", "connect", full, "connect", "resource temporarily unavailable",
+		"BlockingIOError", "[Errno 11] Resource temporarily unavailable: '"+full+"'")
+	add("backlog-full/connect-nonblock", Step{Do: "listen", Path: full},
+		with(Step{Do: "connect", Path: full, Nonblock: true}, ok(), ok(), ok()),
+		with(Step{Do: "connect", Path: full, Nonblock: true}, c, g, p))
+
 	// The request is sent as 1044 bytes, whatever the mode and key.
 	for _, m := range []string{"none", "client", "server"} {
 		for _, key := range []string{"k", "a key", strings.Repeat("K", 1024)} {
@@ -570,6 +582,11 @@ func genScenarios() []Scenario {
 	}
 	badKey("empty-key", "", "spbroker: key of 0 bytes: key must be 1 to 1024 bytes")
 	badKey("key1025", strings.Repeat("K", 1025), "spbroker: key longer than 1024 bytes: key must be 1 to 1024 bytes")
+	// A bad mode, which C's public functions cannot pass.
+	add("send/mode-3", with(Step{Do: "send_get_pair", Mode: "max", Key: "k"}, nil,
+		&Outcome{Message: "send unix: spbroker: Mode(3): invalid pairing mode", Is: []string{"ErrInvalidMode"}},
+		&Outcome{Type: "InvalidModeError", Message: "spbroker: Mode(3): invalid pairing mode"}),
+		Step{Do: "broker_read"})
 	c, g, p = sysOutcomes("EPIPE", "send", "", "sendmsg", "broken pipe", "BrokenPipeError", "[Errno 32] Broken pipe")
 	add("send/broker-closed", Step{Do: "broker_close"}, with(Step{Do: "send_get_pair", Mode: "server", Key: "k"}, c, g, p))
 

@@ -241,6 +241,8 @@ func vecMode(t *testing.T, name string) spb.Mode {
 		return spb.ModeClient
 	case "server":
 		return spb.ModeServer
+	case "max":
+		return spb.ModeMax
 	}
 	t.Fatalf("unknown mode %q", name)
 	return 0
@@ -311,6 +313,12 @@ func (s *vecScenario) step(name string, i int, st Step) {
 		require.NoError(t, err)
 		s.others = append(s.others, fd)
 		require.NoError(t, unix.Bind(fd, &unix.SockaddrUnix{Name: s.path(st.Path)}))
+	case "listen":
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		s.others = append(s.others, fd)
+		require.NoError(t, unix.Bind(fd, &unix.SockaddrUnix{Name: s.path(st.Path)}))
+		require.NoError(t, unix.Listen(fd, 0))
 	case "broker_write":
 		b, err := hex.DecodeString(st.Hex)
 		require.NoError(t, err)

@@ -19,6 +19,7 @@
  *   S NAME DIR                 start a scenario: a socketpair, the client's
  *                              end and the broker's; "{dir}" in paths is DIR
  *   bind PATH                  bind a socket at PATH, no listen
+ *   listen PATH                bind and listen with a backlog of 0
  *   connect PATH NONBLOCK      sp_broker_connect
  *   get_pair PATH MODE KEYHEX  sp_broker_get_pair(_nondirectional)
  *   send MODE KEYHEX           sp_broker_send_get_pair(_nondirectional)
@@ -70,7 +71,7 @@ static char sentinel_byte;
 static int client_fd = -1, broker_fd = -1;
 static int kept[MAX_KEPT];
 static int n_kept;
-static int others[16];
+static int others[64];
 static int n_others;
 static char scenario_dir[4096];
 
@@ -380,7 +381,7 @@ scenario_command(char *op, char **args, int nargs)
     char *err = SENTINEL;
     int ret, e;
 
-    if (strcmp(op, "bind") == 0 && nargs == 1) {
+    if ((strcmp(op, "bind") == 0 || strcmp(op, "listen") == 0) && nargs == 1) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
@@ -393,13 +394,17 @@ scenario_command(char *op, char **args, int nargs)
         unlink(path); /* left by the run of another build */
         if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
             die("bind");
+        if (op[0] == 'l' && listen(fd, 0) < 0)
+            die("listen");
         others[n_others++] = fd;
     } else if (strcmp(op, "connect") == 0 && nargs == 2) {
         expand(args[0], path, sizeof path);
         errno = 0;
         ret = sp_broker_connect(path, strcmp(args[1], "1") == 0, &err);
         e = errno;
-        if (ret >= 0)
+        if (ret >= 0 && n_others < 64)
+            others[n_others++] = ret; /* open to the scenario's end */
+        else if (ret >= 0)
             close(ret);
         report(op, ret, e, err, true);
     } else if (strcmp(op, "get_pair") == 0 && nargs == 3) {

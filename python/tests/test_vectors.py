@@ -24,7 +24,7 @@ from . import support
 
 VECTORS = support.REPO / "libspbroker" / "testdata" / "vectors"
 
-MODES = {"none": Mode.NONE, "client": Mode.CLIENT, "server": Mode.SERVER}
+MODES = {"none": Mode.NONE, "client": Mode.CLIENT, "server": Mode.SERVER, "max": 3}
 
 
 def load(name: str) -> Dict[str, Any]:
@@ -180,6 +180,11 @@ class Scenario:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.others.append(s)
             s.bind(self.path(st["path"]))
+        elif do == "listen":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.others.append(s)
+            s.bind(self.path(st["path"]))
+            s.listen(0)
         elif do == "broker_write":
             data = bytes.fromhex(st.get("hex", ""))
             fds = []
@@ -204,7 +209,7 @@ class Scenario:
         elif do == "connect":
             s = self.call(do, st["py"], lambda: spbroker.connect(self.path(st["path"]), nonblocking=st.get("nonblock", False)))
             if s is not None:
-                s.close()
+                self.others.append(s)  # open to the end, as in every runner
         elif do == "serve":
             self.serve(st)
         elif do == "served":
