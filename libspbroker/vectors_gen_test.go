@@ -107,6 +107,9 @@ type Step struct {
 	// 2000, without waiting).
 	Hex string `json:"hex,omitempty"`
 	FDs int    `json:"fds,omitempty"`
+	// Pipes, for broker_write: the descriptors are the write ends of
+	// pipes (the runner keeps the read ends), not socketpair ends.
+	Pipes bool `json:"pipes,omitempty"`
 	// Read, for serve: whether the broker reads the request before it
 	// replies (with Hex and FDs, if any) and closes.
 	Read bool `json:"read,omitempty"`
@@ -672,6 +675,11 @@ func genScenarios() []Scenario {
 	bad("size-1028", func(m *rawMessage) { m.size = 1028 }, "ErrSize", "SizeError", "spbroker: wrong payload size: size 1028")
 	bad("u64-1", func(m *rawMessage) { m.u64 = 1 }, "ErrPayload", "PayloadError", "spbroker: non-zero SET_PAIR payload: u64 1")
 	bad("u64-max", func(m *rawMessage) { m.u64 = ^uint64(0) }, "ErrPayload", "PayloadError", "spbroker: non-zero SET_PAIR payload: u64 18446744073709551615")
+	// A descriptor that is not a socket: C and Go hand over whatever came
+	// (the caller finds out on first use); Python returns a socket object,
+	// so it refuses it, and closes it.
+	add("reply/pipe", Step{Do: "broker_write", Hex: hexOf(setPair), FDs: 1, Pipes: true},
+		receive(0, ok(), ok(), &Outcome{Errno: "ENOTSOCK", Type: "OSError", Message: "[Errno 88] Socket operation on non-socket"}))
 	m := setPairRaw()
 	m.pad = [4]byte{9, 9, 9, 9}
 	add("reply/padding-not-looked-at", write(m.bytes(), 1), receiveOK(0))

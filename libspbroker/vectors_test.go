@@ -136,6 +136,8 @@ type vecScenario struct {
 	broker int
 	kept   []int
 	others []int // descriptors to close at the end
+	// keptPipe: the descriptors passed were the write ends of pipes.
+	keptPipe bool
 
 	// A serve step's broker, until joinServer: what it read, and the
 	// kept ends of the descriptors it passed.
@@ -324,9 +326,16 @@ func (s *vecScenario) step(name string, i int, st Step) {
 		require.NoError(t, err)
 		var fds []int
 		for range st.FDs {
-			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			require.NoError(t, err)
+			var pair [2]int
+			if st.Pipes {
+				require.NoError(t, unix.Pipe2(pair[:], unix.O_CLOEXEC))
+			} else {
+				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				require.NoError(t, err)
+				pair = [2]int(p)
+			}
 			s.kept = append(s.kept, pair[0])
+			s.keptPipe = st.Pipes
 			fds = append(fds, pair[1])
 		}
 		var oob []byte
@@ -377,7 +386,7 @@ func (s *vecScenario) step(name string, i int, st Step) {
 		checkGoOutcome(t, what, st.Go, err, s.dir)
 		if err == nil {
 			require.NotEmpty(t, s.kept, what)
-			assert.True(t, vecConnected(peer, s.kept[0]) && vecConnected(s.kept[0], peer), "%s: the descriptor received is not the one sent", what)
+			assert.True(t, vecConnected(peer, s.kept[0]) && (s.keptPipe || vecConnected(s.kept[0], peer)), "%s: the descriptor received is not the one sent", what)
 			unix.Close(peer)
 		}
 		left, err := vecReadAll(s.client)

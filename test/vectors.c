@@ -26,7 +26,8 @@
  *   recv                       sp_broker_receive_set_pair
  *   nonblock                   make the client's end O_NONBLOCK
  *   bwrite NFDS HEX            the broker writes HEX in one sendmsg with
- *                              NFDS descriptors (ends of new socketpairs)
+ *                              NFDS descriptors (ends of new socketpairs;
+ *                              "pN": the write ends of N pipes)
  *   bread                      the broker reads what is there
  *   bclose                     the broker closes its end
  *   serve PATH READ NFDS HEX   listen at PATH; a thread accepts one
@@ -71,6 +72,7 @@ static char sentinel_byte;
 static int client_fd = -1, broker_fd = -1;
 static int kept[MAX_KEPT];
 static int n_kept;
+static bool kept_pipe; /* the descriptors passed were pipes' write ends */
 static int others[64];
 static int n_others;
 static char scenario_dir[4096];
@@ -259,7 +261,7 @@ struct server {
 static struct server server;
 
 static void
-broker_write(int nfds, const char *hex)
+broker_write(int nfds, bool pipes, const char *hex)
 {
     static unsigned char bytes[8192];
     union {
@@ -285,8 +287,10 @@ broker_write(int nfds, const char *hex)
     for (int i = 0; i < nfds; i++) {
         int sp[2];
 
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
+        if (pipes ? pipe2(sp, O_CLOEXEC) < 0
+                  : socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
             die("socketpair");
+        kept_pipe = pipes;
         kept[n_kept++] = sp[0];
         fds[i] = sp[1];
     }
@@ -354,7 +358,7 @@ server_main(void *arg)
         int save = broker_fd;
 
         broker_fd = cfd;
-        broker_write(sv->nfds, NULL);
+        broker_write(sv->nfds, false, NULL);
         broker_fd = save;
     }
     close(cfd);
@@ -421,7 +425,8 @@ scenario_command(char *op, char **args, int nargs)
         server_join();
         report(op, ret, e, err, true);
         if (ret >= 0) {
-            bool same = n_kept > 0 && connected(ret, kept[0]) && connected(kept[0], ret);
+            bool same = n_kept > 0 && connected(ret, kept[0]) &&
+                        (kept_pipe || connected(kept[0], ret));
 
             printf("peer %s\n", same ? "ok" : "NOT THE DESCRIPTOR SENT");
             close(ret);
@@ -469,7 +474,8 @@ scenario_command(char *op, char **args, int nargs)
         e = errno;
         report(op, ret, e, err, true);
         if (ret >= 0) {
-            bool same = n_kept > 0 && connected(ret, kept[0]) && connected(kept[0], ret);
+            bool same = n_kept > 0 && connected(ret, kept[0]) &&
+                        (kept_pipe || connected(kept[0], ret));
 
             printf("peer %s\n", same ? "ok" : "NOT THE DESCRIPTOR SENT");
             close(ret);
@@ -479,7 +485,8 @@ scenario_command(char *op, char **args, int nargs)
         if (fcntl(client_fd, F_SETFL, fcntl(client_fd, F_GETFL) | O_NONBLOCK) < 0)
             die("fcntl");
     } else if (strcmp(op, "bwrite") == 0 && nargs == 2) {
-        broker_write(atoi(args[0]), args[1]);
+        /* "pN": N write ends of pipes instead of socketpair ends. */
+        broker_write(atoi(args[0] + (args[0][0] == 'p')), args[0][0] == 'p', args[1]);
     } else if (strcmp(op, "bread") == 0 && nargs == 0) {
         unsigned char got[4000];
 
@@ -503,6 +510,7 @@ scenario_start(const char *name, const char *dir)
     client_fd = sp[0];
     broker_fd = sp[1];
     n_kept = n_others = 0;
+    kept_pipe = false;
     snprintf(scenario_dir, sizeof scenario_dir, "%s", dir);
     printf("S %s\n", name);
 }

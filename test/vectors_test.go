@@ -49,6 +49,7 @@ type vecStep struct {
 	FDs       int         `json:"fds"`
 	Remaining int         `json:"remaining"`
 	Read      bool        `json:"read"`
+	Pipes     bool        `json:"pipes"`
 	C         *vecOutcome `json:"c"`
 }
 
@@ -182,7 +183,11 @@ func vectorScript(t *testing.T, dirs string) (in, want string, counts [3]int) {
 			case "set_nonblock":
 				i.WriteString("nonblock\n")
 			case "broker_write":
-				fmt.Fprintf(&i, "bwrite %d %s\n", st.FDs, st.Hex)
+				p := ""
+				if st.Pipes {
+					p = "p"
+				}
+				fmt.Fprintf(&i, "bwrite %s%d %s\n", p, st.FDs, st.Hex)
 			case "broker_read":
 				i.WriteString("bread\n")
 				fmt.Fprintf(&w, "bread %s\n", st.Hex)

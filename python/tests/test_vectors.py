@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import errno
 import json
+import os
 import select
 import socket
 import sys
@@ -98,7 +99,7 @@ class Scenario:
         self.dir = dir
         self.client, self.broker = socket.socketpair()
         self.broker_open = True
-        self.kept: List[socket.socket] = []
+        self.kept: List[Any] = []  # sockets, or _PipeEnd
         self.others: List[socket.socket] = []
         self.server: Optional[threading.Thread] = None
         self.server_result: Dict[str, Any] = {}
@@ -187,17 +188,22 @@ class Scenario:
             s.listen(0)
         elif do == "broker_write":
             data = bytes.fromhex(st.get("hex", ""))
-            fds = []
+            fds: List[int] = []
             for _ in range(st.get("fds", 0)):
-                a, b = socket.socketpair()
-                self.kept.append(a)
-                fds.append(b)
+                if st.get("pipes"):
+                    r, w = os.pipe()
+                    self.kept.append(_PipeEnd(r))
+                    fds.append(w)
+                else:
+                    a, b = socket.socketpair()
+                    self.kept.append(a)
+                    fds.append(b.detach())
             anc = []
             if fds:
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [f.fileno() for f in fds]).tobytes())]
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
             n = self.broker.sendmsg([data], anc)
-            for f in fds:
-                f.close()
+            for fd in fds:
+                os.close(fd)
             self.test.assertEqual(len(data), n, self.name)
         elif do == "broker_read":
             self.test.assertEqual(st.get("hex", ""), drain(self.broker).hex(), self.name + ": broker_read")
@@ -255,6 +261,24 @@ class Scenario:
                 s.close()
 
 
+class _PipeEnd:
+    """The read end of a pipe, with the few socket methods closed() uses."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def recv(self, n: int) -> bytes:
+        return os.read(self.fd, n)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def drain(sock: socket.socket) -> bytes:
     """What is queued on sock, read without waiting (descriptors closed)."""
     out = b""
@@ -281,7 +305,7 @@ def connected(a: socket.socket, b: socket.socket) -> bool:
     return bool(r) and b.recv(1) == b"x"
 
 
-def closed(s: socket.socket) -> bool:
+def closed(s: Any) -> bool:
     r, _, _ = select.select([s], [], [], 5.0)
     return bool(r) and s.recv(1) == b""
 
