@@ -60,6 +60,10 @@ _REST_TIMEOUT = 1.0
 # instead of being dropped by the kernel.
 _SCM_MAX_FD = 253
 
+# The size of sun_path in struct sockaddr_un on Linux: a socket file's name
+# and its NUL, or an abstract name and its leading NUL, must fit.
+_SUN_PATH_SIZE = 108
+
 _ANCBUF_SIZE = socket.CMSG_SPACE(_SCM_MAX_FD * array.array("i").itemsize)
 
 # Received descriptors are close-on-exec from the start where the kernel
@@ -166,9 +170,15 @@ def connect(path: PathArg, nonblocking: bool = False) -> socket.socket:
     (``setblocking(False)``) and ``connect`` never waits: a Unix socket
     connects at once or not at all, so when the broker's backlog is full it
     raises ``BlockingIOError`` (EAGAIN) where a blocking connect would wait
-    for room. Errors are ``OSError`` naming the path.
+    for room. Errors are ``OSError`` naming the path; a path of 108 bytes
+    or more (sun_path's size; "@name" counts its "@") is ``EINVAL``.
     """
     addr = _address(path)
+    if len(addr if isinstance(addr, bytes) else os.fsencode(addr)) >= _SUN_PATH_SIZE:
+        # As the C library and Go refuse it: EINVAL, where Python's own
+        # check raises an OSError without an errno, and lets through an
+        # abstract name that fills sun_path, which no broker can listen on.
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), os.fsdecode(os.fspath(path)))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(not nonblocking)

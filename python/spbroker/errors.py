@@ -114,6 +114,11 @@ class DescriptorCountError(ProtocolError):
     kind = "descriptors"
     description = "wrong number of descriptors"
 
+    def _value_text(self) -> str:
+        # As the C library and Go print a count: unsigned 64-bit, so that a
+        # negative one (a C caller's n_fds of -1) reads the same everywhere.
+        return str(self.value % (1 << 64))
+
 
 class UnexpectedTypeError(ProtocolError):
     """A valid message of a type the receiver does not expect here."""
