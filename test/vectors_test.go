@@ -211,25 +211,11 @@ func vectorScript(t *testing.T, dirs string) (in, want string, counts [3]int) {
 	return i.String(), w.String(), counts
 }
 
-// pkgConfigLib is the library as pkg-config name finds it, through the
-// caller's PKG_CONFIG_PATH: the flags it gives and nothing else.
-func pkgConfigLib(t *testing.T, name string) lib {
-	requireTool(t, "pkg-config")
-	var flags [2][]string
-	for i, which := range []string{"--cflags", "--libs"} {
-		out, err := exec.Command("pkg-config", which, name).CombinedOutput()
-		require.NoError(t, err, "pkg-config %s %s: %s", which, name, out)
-		flags[i] = strings.Fields(string(out))
-	}
-	return lib{name: "pkg-config-" + name, cflags: flags[0], libs: flags[1]}
-}
-
-// TestVectors runs the vectors through vectors.c linked with the Go
-// c-archive (in the process that loaded it, and in a child forked after a
-// first call, which the archive serves from its C path), with the
-// runtime-free archive, and with every pkg-config
-// name in $ONE_SOCKET_VECTORS_PKGS (space-separated: "spbroker
-// spbroker-c" against installed archives). Each build must print exactly
+// TestVectors runs the vectors through vectors.c linked, through
+// pkg-config from a meson install, with the Go c-archive (spbroker: in the
+// process that loaded it, and in a child forked after a first call, which
+// the archive serves from its C path) and with the runtime-free archive
+// (spbroker-c). Each build must print exactly
 // what the vectors say, and so all builds print the same bytes.
 func TestVectors(t *testing.T) {
 	t.Parallel()
@@ -241,9 +227,6 @@ func TestVectors(t *testing.T) {
 		{lib: goArchive},
 		{lib: goArchive, fork: true},
 		{lib: func(t *testing.T) lib { return cArchive(t, false) }},
-	}
-	for _, name := range strings.Fields(os.Getenv("ONE_SOCKET_VECTORS_PKGS")) {
-		builds = append(builds, build{lib: func(t *testing.T) lib { return pkgConfigLib(t, name) }})
 	}
 	// One directory, so that paths in the output are the same for every
 	// build; the builds run one after the other.
