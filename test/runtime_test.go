@@ -19,8 +19,9 @@ import (
 // The host kinds of test/runtime/: hosts that block signals and collect
 // them with sigwait() or signalfd(), that load and unload plugins, that
 // close descriptors they did not open. Each program is built against a
-// lib (the Go archive or the runtime-free one; pkgConfigLib makes one from
-// an installed pkg-config package) and, for the Go archive, with each of
+// lib: the Go archive or the runtime-free one as the harness builds them,
+// or, from installedLib, the flags pkg-config gives for an installed one;
+// and, for the Go archive, with each of
 // the three linkers of Debian, since what the library does to signal masks
 // depends on the order in which the linker runs constructors.
 
@@ -35,21 +36,6 @@ func linkerFlags(t *testing.T, ld string) []string {
 		t.Skipf("ld.%s is not installed (apt-get install %s)", ld, map[string]string{"bfd": "binutils", "gold": "binutils", "lld": "lld"}[ld])
 	}
 	return []string{"-fuse-ld=" + ld}
-}
-
-// pkgConfigLib is the library as pkg-config package pkg, found in pcDir,
-// gives it: its --cflags and --libs.
-func pkgConfigLib(t *testing.T, pcDir, pkg string) lib {
-	requireTool(t, "pkg-config")
-	var flags [2][]string
-	for i, which := range []string{"--cflags", "--libs"} {
-		cmd := exec.Command("pkg-config", which, pkg)
-		cmd.Env = append(os.Environ(), "PKG_CONFIG_PATH="+pcDir)
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "pkg-config %s %s: %s", which, pkg, out)
-		flags[i] = strings.Fields(string(out))
-	}
-	return lib{name: "pc-" + pkg + "-" + filepath.Base(pcDir), cflags: flags[0], libs: flags[1]}
 }
 
 // noLib is for host programs that link no library, only its headers.
