@@ -16,6 +16,14 @@
 
 #include "spbroker_rt.h"
 
+/*
+ * Weak: before glibc 2.34 these are in libdl, which a host that loads no
+ * plugins need not link (and then there is nothing to keep); one that
+ * does dlopen() has them.
+ */
+#pragma weak dladdr1
+#pragma weak dlopen
+
 /* How long a constructor waits for the runtime at most, in seconds. */
 #define SPBROKER_RT_WAIT 10
 
@@ -86,7 +94,8 @@ spbroker_rt_nodelete(void)
     Dl_info info;
     struct link_map *map = NULL;
 
-    if (dladdr1((void *) spbroker_rt_nodelete, &info, (void **) &map,
+    if (!dladdr1 || !dlopen ||
+        dladdr1((void *) spbroker_rt_nodelete, &info, (void **) &map,
                 RTLD_DL_LINKMAP) == 0 ||
         map == NULL || map->l_name == NULL || map->l_name[0] == '\0') {
         return;     /* the main program, or not found */
