@@ -25,6 +25,7 @@
 
 #ifndef SPBROKER_NO_GO
 #include "_cgo_export.h"
+#include "spbroker_rt.h"
 
 /* Room for an error message coming back from Go; longer ones are cut. */
 #define SPBROKER_MSG_MAX 512
@@ -38,16 +39,63 @@ spbroker_atfork_child(void)
     spbroker_forked = 1;
 }
 
+/* Shared with spbroker_rt.c, defined here: see spbroker_rt.h. */
+sigset_t spbroker_rt_saved_mask;
+sigset_t spbroker_rt_added;
+volatile int spbroker_rt_blocked;
+volatile int spbroker_rt_done;
+
 /*
- * Runs when the host is loaded, like the Go runtime's own constructor.  The
- * atfork handler catches fork() and daemon(3); a raw syscall(SYS_fork)
- * runs no handlers, so the pid comparison catches that one.
+ * spbroker_block_async - step 1 of spbroker_rt.h: block in the loading
+ * thread every signal a host may collect with sigwait() or signalfd(), so
+ * that the runtime's threads, which inherit this mask from the runtime's
+ * constructor, block them too and such a signal can only reach the host's
+ * own threads.  The signals of faults (which the kernel delivers to the
+ * faulting thread) stay as they are; spbroker_rt.c takes back exactly the
+ * signals added here.
+ */
+static void
+spbroker_block_async(void)
+{
+    static const int sync_signals[] = {
+        SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS,
+    };
+    sigset_t all;
+    int s;
+    size_t i;
+
+    if (spbroker_rt_done) {
+        return;                 /* an unusual link order: too late */
+    }
+    sigfillset(&all);
+    for (i = 0; i < sizeof sync_signals / sizeof sync_signals[0]; i++) {
+        sigdelset(&all, sync_signals[i]);
+    }
+    if (pthread_sigmask(SIG_BLOCK, &all, &spbroker_rt_saved_mask) != 0) {
+        return;
+    }
+    sigemptyset(&spbroker_rt_added);
+    for (s = 1; s < NSIG; s++) {
+        if (sigismember(&all, s) == 1 &&
+            sigismember(&spbroker_rt_saved_mask, s) == 0) {
+            sigaddset(&spbroker_rt_added, s);
+        }
+    }
+    spbroker_rt_blocked = 1;
+}
+
+/*
+ * Runs when the host is loaded, before the Go runtime's own constructor
+ * (see spbroker_rt.h).  The atfork handler catches fork() and daemon(3); a
+ * raw syscall(SYS_fork) runs no handlers, so the pid comparison catches
+ * that one.
  */
 __attribute__((constructor)) static void
 spbroker_init(void)
 {
     spbroker_pid = getpid();
     pthread_atfork(NULL, NULL, spbroker_atfork_child);
+    spbroker_block_async();
 }
 
 /* spbroker_use_c - whether this process must stay out of Go. */

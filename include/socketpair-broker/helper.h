@@ -32,34 +32,44 @@
  *
  * Notes for host authors (QEMU, DPDK, Open vSwitch and the like):
  *
- *   libspbroker.a is built by default from Go (a c-archive), which puts a Go
- *   runtime in your process.  It starts from a constructor before main(),
- *   runs 2 to 8 threads of its own, and its first call may wait a few
- *   milliseconds for the runtime to finish starting.
+ *   libspbroker.a (pkg-config spbroker) is built by default from Go (a
+ *   c-archive), which puts a Go runtime in your process.  It starts from
+ *   constructors before main(), which wait for it (about 1 ms per process
+ *   start), and runs 5 to 8 threads of its own.  libspbroker-c.a
+ *   (pkg-config spbroker-c) is the runtime-free build: same ABI, no
+ *   threads, constructors or signal handlers.  doc/c-library.md has a
+ *   table of host kinds and the archive each should use.
  *
  *   - fork(): a child forked after start (daemon(3), --detach, -daemonize)
  *     cannot run Go code safely.  The library detects such a child (by a
  *     pthread_atfork handler and by comparing getpid() with the pid seen at
  *     start) and serves it from a pure C implementation of every function,
  *     with the same behaviour.  No host action is needed.
- *   - Signals: the Go runtime installs handlers for SIGBUS, SIGFPE,
- *     SIGSEGV, SIGPIPE and SIGURG at start; other dispositions stay yours,
- *     and each call restores the calling thread's signal mask as it found
- *     it.  A host that blocks signals in main() and collects them with
- *     sigwait() or signalfd() can lose them to a runtime thread that does
- *     not block them (SIGCHLD especially): such a host should use the
- *     runtime-free build.
+ *   - Signals: the runtime installs handlers for SIGBUS, SIGFPE, SIGSEGV,
+ *     SIGPIPE and SIGURG at start, and adds SA_ONSTACK to handlers the
+ *     host installed before; other dispositions stay yours.  Its threads
+ *     block every asynchronous signal except SIGCHLD, SIGPROF, SIGURG and
+ *     glibc's SIGRTMIN (34), which Go never lets them block.  So a host
+ *     that blocks signals in main() and collects them with sigwait() or
+ *     signalfd() gets SIGUSR1, SIGALRM, SIGTERM, SIGRTMIN+1... as before,
+ *     but SIGCHLD can be lost to a runtime thread, and SIGRTMIN (34) or
+ *     SIGPROF kill the process at the first one.  Such a host, and one
+ *     linking the archive with -Wl,--whole-archive (which undoes the
+ *     blocking: then SIGUSR1 and the like kill too), should use
+ *     spbroker-c.  Handlers installed after start should use SA_ONSTACK.
+ *     Each call restores the calling thread's signal mask as it found it;
+ *     a calling thread is left a 32 KiB sigaltstack.
+ *   - Plugins: a shared object that links the archive marks itself
+ *     NODELETE; dlclose() leaves it loaded (unmapping it would crash the
+ *     runtime's threads).
+ *   - Descriptors: the runtime keeps its cgroup CPU limit file(s) and its
+ *     poller (epoll, eventfd) open for the life of the process, all
+ *     opened before main() starts.  A host that closes descriptors it
+ *     does not know of must spare them, or use spbroker-c.
  *   - Only one Go c-archive can be linked into a process.  A host that
- *     links another one must use the runtime-free build.
- *   - Descriptors: the runtime keeps a few of its own open (its poller,
- *     and on cgroup v1 the CPU quota files), possibly opened after main()
- *     started.  A host that closes descriptors it does not know of must
- *     spare them, or use the runtime-free build.
- *   - The runtime-free build, libspbroker-c.a (pkg-config spbroker-c),
- *     installed beside libspbroker.a, has the same ABI and headers, the
- *     same behaviour and no threads, constructors or signal handlers.
- *     Choose it when any point above is a problem, or when the roughly
- *     2 MB the runtime adds to a stripped binary matters.
+ *     links another one must use spbroker-c.
+ *   - Cost: about 2 MB per stripped binary; a call ~0.4-0.8 us against a
+ *     few ns for spbroker-c; a pairing is dominated by the kernel's work.
  */
 #ifndef SOCKETPAIR_BROKER_HELPER_H
 #define SOCKETPAIR_BROKER_HELPER_H 1
