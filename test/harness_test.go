@@ -52,6 +52,9 @@ var tools = map[string]string{
 	"ninja":      "ninja-build",
 	"pkg-config": "pkg-config",
 	"valgrind":   "valgrind",
+	"ld.bfd":     "binutils",
+	"ld.gold":    "binutils",
+	"ld.lld":     "lld",
 }
 
 // requireTool fails the test unless name is on PATH and returns its path.

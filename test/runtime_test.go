@@ -28,13 +28,11 @@ import (
 // linkers are the -fuse-ld values the Go archive's hosts are linked with.
 var linkers = []string{"bfd", "gold", "lld"}
 
-// linkerFlags returns the flags that select linker ld, or skips t if it is
-// not installed (lld is not part of binutils).
+// linkerFlags returns the flags that select linker ld, which must be
+// installed, as every tool of these tests (lld is not part of binutils).
 func linkerFlags(t *testing.T, ld string) []string {
 	t.Helper()
-	if _, err := exec.LookPath("ld." + ld); err != nil {
-		t.Skipf("ld.%s is not installed (apt-get install %s)", ld, map[string]string{"bfd": "binutils", "gold": "binutils", "lld": "lld"}[ld])
-	}
+	requireTool(t, "ld."+ld)
 	return []string{"-fuse-ld=" + ld}
 }
 
@@ -76,6 +74,22 @@ func runtimePlugin(t *testing.T, l lib) string {
 		args = append(args, l.libs...)
 		return out, runBuild(filepath.Join(repoRoot, "test", "runtime"), nil, "cc", args...)
 	})
+}
+
+// archivePath is the archive lib<name>.a in the directory that l's
+// pkg-config flags name with -L, for a host that links it by its path.
+func archivePath(t *testing.T, l lib, name string) string {
+	t.Helper()
+	for _, f := range l.libs {
+		if dir, ok := strings.CutPrefix(f, "-L"); ok {
+			p := filepath.Join(dir, "lib"+name+".a")
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	t.Fatalf("no lib%s.a in the -L directories of %q", name, l.libs)
+	return ""
 }
 
 // hostRun is what a host program did.
@@ -140,13 +154,13 @@ var (
 // was; the runtime's threads blocking every asynchronous signal but those
 // Go insists on; SA_ONSTACK added to a handler the host installed before
 // the runtime started; a 32 KiB sigaltstack left on a thread that called
-// in. For the Go archive with each linker, linked as a path, with -l, with
+// in. For the Go archive with each linker, linked through pkg-config (-l), by its path, with
 // --whole-archive and from a dlopen()ed plugin; for the runtime-free one,
 // none of it.
 func TestRuntimeThreadMasks(t *testing.T) {
 	t.Parallel()
 	goLib := goArchive(t)
-	archive := goLib.libs[0]
+	archive := archivePath(t, goLib, "spbroker")
 	type variant struct {
 		name  string
 		extra func(t *testing.T) []string
@@ -160,7 +174,7 @@ func TestRuntimeThreadMasks(t *testing.T) {
 		variants = append(variants, variant{name: ld, extra: func(t *testing.T) []string { return linkerFlags(t, ld) }})
 	}
 	variants = append(variants,
-		variant{name: "bfd-l", extra: func(*testing.T) []string { return nil }, plain: []string{"-L" + filepath.Dir(archive), "-lspbroker", "-pthread"}},
+		variant{name: "bfd-path", extra: func(*testing.T) []string { return nil }, plain: []string{archive, "-pthread"}},
 		variant{name: "bfd-whole-archive", extra: func(*testing.T) []string { return nil }, plain: []string{"-Wl,--whole-archive", archive, "-Wl,--no-whole-archive", "-pthread"}, unfixed: true},
 	)
 	for _, v := range variants {
