@@ -313,7 +313,7 @@ func TestRuntimeDlclose(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			r := runHost(t, 60*time.Second, host, runtimePlugin(t, c.l(t)), "100")
 			require.Equal(t, 0, r.code, "dlhost (signal %v): %s", r.signal, r.out)
-			require.Equal(t, "loaded 100 times\n", r.out)
+			require.True(t, strings.HasPrefix(r.out, "loaded 100 times\n"), "dlhost: %s", r.out)
 		})
 	}
 }

@@ -7,8 +7,10 @@
  *
  * Prints "loaded N times" and exits 0 when all COUNT rounds passed and the
  * process then lived on for 2 s more (the runtime's threads, if the object
- * were unmapped, would crash it within that time).  Exit 1: a dlopen,
- * dlsym or call failed.
+ * were unmapped, would crash it within that time), then "after-dlclose
+ * loaded" if the plugin is still loaded after the last dlclose() (as
+ * dlopen(RTLD_NOLOAD) finds it) or "after-dlclose unloaded".  Exit 1: a
+ * dlopen, dlsym or call failed.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -52,5 +54,7 @@ main(int argc, char **argv)
     }
     nanosleep(&linger, NULL);
     printf("loaded %d times\n", count);
+    printf("after-dlclose %s\n",
+           dlopen(argv[1], RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) ? "loaded" : "unloaded");
     return 0;
 }
