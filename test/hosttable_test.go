@@ -37,10 +37,10 @@ const (
 	hostTableEnd   = "<!-- host-table end -->"
 	// hostForkTrials is the fork trials per scenario and archive: the
 	// table says that none hung; TestForkTrials runs many more.
-	hostForkTrials = 10
+	hostForkTrials = 6
 	// hostRepeats is how often a host whose outcome is a crash runs: the
 	// outcome must be the same every time.
-	hostRepeats = 5
+	hostRepeats = 3
 )
 
 // hostArchive is one of the two archives, as a column of the table.

@@ -65,7 +65,9 @@
  *   - Descriptors: the runtime keeps its cgroup CPU limit file(s) and its
  *     poller (epoll, eventfd) open for the life of the process, all
  *     opened before main() starts.  A host that closes descriptors it
- *     does not know of must spare them, or use spbroker-c.
+ *     does not know of must spare them, or use spbroker-c: closing the
+ *     poller's aborts the process ("fatal error: runtime: netpoll
+ *     failed").
  *   - Only one Go c-archive can be linked into a process.  A host that
  *     links another one must use spbroker-c.
  *   - Cost: about 2 MB per stripped binary; a call ~0.4-0.8 us against a
