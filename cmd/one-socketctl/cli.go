@@ -37,6 +37,10 @@ type options struct {
 	handoff       bool
 	noRetry       bool // pair: the first failure to reach the broker is final
 
+	// top (top.go)
+	group string // group keys by their prefix up to this separator
+	once  bool   // print one frame and exit
+
 	command string
 	args    []string // the command's arguments
 	exec    []string // pair: the command after "--", if any
@@ -71,6 +75,8 @@ var commands = []*command{
 		flags: controlFlags, run: (*app).upgrade},
 	{name: "stop", help: "stop the broker gracefully",
 		flags: controlFlags, run: (*app).stop},
+	{name: "top", help: "a live view: waiting keys, pairs/s, refusals, connections",
+		flags: []string{"ctl-socket", "socket", "timeout", "group", "once"}, run: (*app).top},
 	{name: "version", help: "print this tool's and the running broker's versions",
 		flags: controlFlags, run: (*app).versions},
 	{name: "pair", synopsis: "KEY [-- CMD [ARG...]]",
@@ -148,6 +154,14 @@ func newFlagSet(o *options) *flag.FlagSet {
 	})
 	set.BoolVar(&o.handoff, "handoff", false, "")
 	set.BoolVar(&o.noRetry, "no-retry", false, "")
+	set.Func("group", "", func(s string) error {
+		if s == "" {
+			return fmt.Errorf("want a separator such as a slash or a colon")
+		}
+		o.group = s
+		return nil
+	})
+	set.BoolVar(&o.once, "once", false, "")
 	set.BoolVar(&o.help, "help", false, "")
 	set.BoolVar(&o.help, "h", false, "")
 	set.BoolVar(&o.version, "version", false, "")
@@ -363,6 +377,10 @@ Flags (before or after the command):
   --no-retry          pair: fail at once when the broker cannot be reached
                       or ends the connection without a pair, instead of
                       asking again until --timeout (a restart, a refusal)
+  --group SEP         top: one row per key prefix up to the first SEP
+                      (such as / or :) instead of one per key
+  --once              top: print one frame and exit (as when standard
+                      output is not a terminal)
   --version           print one-socketctl's version and exit
   -h, --help          print this help and exit
 
@@ -381,6 +399,11 @@ given (qemu-storage-daemon addr.type=fd, QEMU server=on,fd=3, virtiofsd
 --handoff must be given on both ends; they then pair only with each other,
 and one hands its connection to the other, so that the programs talk
 directly. See doc/hosts.md.
+
+top redraws each second on the terminal's alternate screen until q or
+Ctrl-C: connections against the limit, pairs per second, refusals by
+reason (per second and in total), and the waiting clients by key, longest
+waiting first.
 
 Exit status: 0 on success, 1 on failure, 2 for a bad command line.
 `)

@@ -1,10 +1,12 @@
 // Command one-socketctl controls a running one-socket daemon through its
-// control socket (status, list, drop, log-level, stop, version), and gets
-// pairs from the broker for the shell: "pair" bridges one to standard
-// input and output, or hands it to a command as descriptor 3.
+// control socket (status, list, drop, log-level, stop, version, and top
+// for a live view), and gets pairs from the broker for the shell: "pair"
+// bridges one to standard input and output, or hands it to a command as
+// descriptor 3.
 //
 // cli.go parses the command line, commands.go speaks the control protocol
-// (internal/control) and prints its answers, pair.go and exec.go do "pair".
+// (internal/control) and prints its answers, top.go draws "top", pair.go
+// and exec.go do "pair".
 //
 // See doc/one-socketctl.md for the guide and doc/one-socketctl.8 for the
 // manual page.
