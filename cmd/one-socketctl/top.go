@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
@@ -257,8 +258,16 @@ func pad(lines []string, height, width int) []string {
 	return append(lines, footer)
 }
 
-// fit cuts s to width runes, marking a cut with "~".
+// fit cuts s to width runes, marking a cut with "~". Anything that is
+// not printable (an escape in what the daemon says) becomes "?", so
+// that only top's own escapes reach the terminal.
 func fit(s string, width int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, s)
 	if width <= 0 || utf8.RuneCountInString(s) <= width {
 		return s
 	}
@@ -325,15 +334,11 @@ func (a *app) topLive(o *options, path string, out *os.File) (code int) {
 	// canonical mode or echo, so that q needs no Enter. ISIG stays on:
 	// Ctrl-C is SIGINT, caught below.
 	keys := make(chan byte, 16)
+	var inFD = -1
+	var old *unix.Termios
 	if in, ok := a.stdin.(*os.File); ok {
-		inFD := int(in.Fd())
-		if old, err := unix.IoctlGetTermios(inFD, unix.TCGETS); err == nil {
-			raw := *old
-			raw.Lflag &^= unix.ICANON | unix.ECHO
-			raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
-			if err := unix.IoctlSetTermios(inFD, unix.TCSETS, &raw); err == nil {
-				defer unix.IoctlSetTermios(inFD, unix.TCSETS, old)
-			}
+		if t, err := unix.IoctlGetTermios(int(in.Fd()), unix.TCGETS); err == nil {
+			inFD, old = int(in.Fd()), t
 			go func() {
 				var b [64]byte
 				for {
@@ -349,13 +354,28 @@ func (a *app) topLive(o *options, path string, out *os.File) (code int) {
 			}()
 		}
 	}
-	io.WriteString(out, escEnter)
-	// Deferred after the termios restore, so it runs first; on a panic
-	// too, which then goes on.
-	defer io.WriteString(out, escLeave)
+	enter := func() {
+		if old != nil {
+			raw := *old
+			raw.Lflag &^= unix.ICANON | unix.ECHO
+			raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
+			unix.IoctlSetTermios(inFD, unix.TCSETS, &raw)
+		}
+		io.WriteString(out, escEnter)
+	}
+	leave := func() {
+		io.WriteString(out, escLeave)
+		if old != nil {
+			unix.IoctlSetTermios(inFD, unix.TCSETS, old)
+		}
+	}
+	enter()
+	// On every way out, a panic included (which then goes on).
+	defer leave()
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGWINCH)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT)
 	defer signal.Stop(sigs)
 
 	samples := make(chan *sample, 1)
@@ -380,9 +400,10 @@ func (a *app) topLive(o *options, path string, out *os.File) (code int) {
 	}()
 
 	var cur, prev *sample
-	draw := func() {
+	// draw fails when the terminal has gone (a closed ssh connection).
+	draw := func() error {
 		if cur == nil {
-			return
+			return nil
 		}
 		w, h, err := winsize(outFD)
 		if err != nil || w <= 0 || h <= 0 {
@@ -398,7 +419,8 @@ func (a *app) topLive(o *options, path string, out *os.File) (code int) {
 			b.WriteString(escClearLine)
 		}
 		b.WriteString(escClearDown)
-		io.WriteString(out, b.String())
+		_, err = io.WriteString(out, b.String())
+		return err
 	}
 	for {
 		select {
@@ -411,7 +433,9 @@ func (a *app) topLive(o *options, path string, out *os.File) (code int) {
 				s.status, s.waiters = cur.status, cur.waiters
 			}
 			cur = s
-			draw()
+			if err := draw(); err != nil {
+				return exitFailure
+			}
 		case c, ok := <-keys:
 			switch {
 			case !ok:
@@ -423,11 +447,22 @@ func (a *app) topLive(o *options, path string, out *os.File) (code int) {
 				draw()
 			}
 		case sig := <-sigs:
-			if sig == syscall.SIGWINCH {
+			switch sig {
+			case syscall.SIGWINCH:
 				draw()
-				continue
+			case syscall.SIGTSTP:
+				// Ctrl-Z: give the terminal back, then stop for real.
+				leave()
+				unix.Kill(unix.Getpid(), unix.SIGSTOP)
+			case syscall.SIGCONT:
+				// fg (or a kill -CONT that arrived without a stop):
+				// take the terminal again, as it may have changed.
+				enter()
+				io.WriteString(out, "\x1b[2J")
+				draw()
+			default:
+				return exitOK
 			}
-			return exitOK
 		}
 	}
 }

@@ -93,6 +93,9 @@ func TestTopFrame(t *testing.T) {
 	lines = frame(cur, prev, "", 50, 10)
 	assert.Contains(t, strings.Join(lines, "\n"), "\n... 2 more keys, 3 clients\nq quits  50x10")
 
+	// What the daemon says reaches the terminal without its escapes.
+	assert.Equal(t, "v1?[2J~", fit("v1\x1b[2J and more", 7))
+
 	// A daemon that does not answer.
 	down := &sample{at: cur.at, err: "no control socket at /x: is one-socket running?"}
 	assert.Contains(t, strings.Join(frame(down, cur, "", 80, 24), "\n"), "\nno control socket at /x")
@@ -142,6 +145,9 @@ func newTmux(t *testing.T) *tmux {
 	t.Cleanup(func() { exec.Command("tmux", "-S", tm.sock, "kill-server").Run() })
 	return tm
 }
+
+// on is tm for a subtest t.
+func (tm *tmux) on(t *testing.T) *tmux { return &tmux{t: t, sock: tm.sock} }
 
 // run runs a tmux command and returns its output.
 func (tm *tmux) run(args ...string) string {
@@ -222,6 +228,7 @@ func TestTopInTmux(t *testing.T) {
 
 	for _, quit := range []string{"q", "C-c"} {
 		t.Run(quit, func(t *testing.T) {
+			tm := tm.on(t)
 			session := "top-" + strings.ReplaceAll(quit, "-", "")
 			// The shell around top says how it exited and whether the
 			// terminal's modes are those it had before.
@@ -261,8 +268,38 @@ func TestTopInTmux(t *testing.T) {
 		})
 	}
 
+	// Ctrl-Z in an interactive shell: the shell gets its terminal back,
+	// fg brings the view back.
+	t.Run("suspend", func(t *testing.T) {
+		tm := tm.on(t)
+		bash, err := exec.LookPath("bash")
+		testutil.Need(t, err == nil, "no bash for job control")
+		tm.run("new-session", "-d", "-s", "suspend", "-x", "80", "-y", "24", bash+" --norc --noprofile -i")
+		tm.await("suspend", regexp.MustCompile(`(?m)[$#]$`))
+		tm.run("send-keys", "-t", "suspend", fmt.Sprintf("%s --ctl-socket %s top", ctlBin, ctlPath), "Enter")
+		tm.await("suspend", regexp.MustCompile(`(?m)^q quits  80x24$`))
+		tm.run("send-keys", "-t", "suspend", "C-z")
+		screen := tm.await("suspend", regexp.MustCompile(`Stopped`))
+		assert.NotContains(t, screen, "q quits")
+		assert.Equal(t, "0\n", tm.run("display-message", "-p", "-t", "suspend", "#{alternate_on}"))
+		tm.run("send-keys", "-t", "suspend", "fg", "Enter")
+		tm.await("suspend", regexp.MustCompile(`(?m)^q quits  80x24$`))
+		assert.Equal(t, "1\n", tm.run("display-message", "-p", "-t", "suspend", "#{alternate_on}"))
+		tm.run("send-keys", "-t", "suspend", "q")
+		// Typed before top has gone, the next line would be top's input.
+		for deadline := time.Now().Add(3 * waitFor); ; time.Sleep(50 * time.Millisecond) {
+			if tm.run("display-message", "-p", "-t", "suspend", "#{pane_current_command}") == "bash\n" {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "top did not exit")
+		}
+		tm.run("send-keys", "-t", "suspend", "echo status $? modes $(stty -a | grep -o -- '-\\?icanon') $(stty -a | grep -o -- ' -\\?echo ')", "Enter")
+		tm.await("suspend", regexp.MustCompile(`(?m)^status 0 modes icanon echo$`))
+	})
+
 	// Counters move: a pair made and a protocol error show up.
 	t.Run("counters", func(t *testing.T) {
+		tm := tm.on(t)
 		tm.run("new-session", "-d", "-s", "counters", "-x", "100", "-y", "30",
 			fmt.Sprintf("%s --ctl-socket %s top; exec sleep 600", ctlBin, ctlPath))
 		tm.await("counters", regexp.MustCompile(`paired: 0 `))
