@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -179,10 +180,17 @@ func (tm *tmux) await(target string, re *regexp.Regexp) string {
 // until the test ends, and returns their paths.
 func startDaemon(t *testing.T) (sock, ctlPath string) {
 	t.Helper()
+	sock, ctlPath, _ = startDaemonIn(t, shortTempDir(t))
+	return sock, ctlPath
+}
+
+// startDaemonIn is startDaemon on sockets in dir; it returns the process
+// too.
+func startDaemonIn(t *testing.T, dir string) (sock, ctlPath string, daemon *exec.Cmd) {
+	t.Helper()
 	bin := buildDaemon(t)
-	dir := shortTempDir(t)
 	sock, ctlPath = filepath.Join(dir, "one.socket"), filepath.Join(dir, "one-socket.ctl")
-	daemon := exec.Command(bin, "--socket", sock)
+	daemon = exec.Command(bin, "--socket", sock)
 	daemon.Env = testEnv()
 	var logs testutil.LockedBuffer
 	daemon.Stderr = &logs
@@ -205,7 +213,7 @@ func startDaemon(t *testing.T) (sock, ctlPath string) {
 		_, err := control.Call(ctx, ctlPath, control.Request{Command: control.CmdStatus})
 		return err == nil
 	}, waitFor, 10*time.Millisecond, "the daemon's control socket never answered")
-	return sock, ctlPath
+	return sock, ctlPath, daemon
 }
 
 // TestTopInTmux runs top in a terminal, tmux's, against the real daemon:
@@ -311,5 +319,21 @@ func TestTopInTmux(t *testing.T) {
 		screen := tm.await("counters", regexp.MustCompile(`(?m)paired: 1 [\s\S]*^protocol errors +\S+ +1$`))
 		assert.NotContains(t, screen, "\nvm/b ")
 		tm.run("send-keys", "-t", "counters", "q")
+	})
+	// A daemon that goes away: the last frame stays, with why; a new one
+	// on the same sockets takes over.
+	t.Run("daemon-gone", func(t *testing.T) {
+		tm := tm.on(t)
+		dir := shortTempDir(t)
+		_, ctlPath, first := startDaemonIn(t, dir)
+		tm.run("new-session", "-d", "-s", "gone", "-x", "100", "-y", "30",
+			fmt.Sprintf("%s --ctl-socket %s top; exec sleep 600", ctlBin, ctlPath))
+		tm.await("gone", regexp.MustCompile(fmt.Sprintf(`pid %d,`, first.Process.Pid)))
+		require.NoError(t, first.Process.Signal(syscall.SIGTERM))
+		screen := tm.await("gone", regexp.MustCompile(`(?m)^! no control socket at `+regexp.QuoteMeta(ctlPath)))
+		assert.Contains(t, screen, "\ndescriptors: 0 of ")
+		_, _, second := startDaemonIn(t, dir)
+		tm.await("gone", regexp.MustCompile(fmt.Sprintf(`(?m)pid %d,[^!]*\z`, second.Process.Pid)))
+		tm.run("send-keys", "-t", "gone", "q")
 	})
 }
