@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -191,7 +190,7 @@ func frame(cur, prev *sample, sep string, width, height int) []string {
 			if p := per(r); p != "-" && p != "0.0" {
 				part += " (" + p + "/s)"
 			}
-			if utf8.RuneCountInString(line+part) > width && line != "" {
+			if columns(line+part) > width && line != "" {
 				add("%s", line)
 				line = " "
 			}
@@ -212,7 +211,7 @@ func frame(cur, prev *sample, sep string, width, height int) []string {
 	}
 	// The key column takes what the counts leave.
 	const counts = "  %7s %6s %6s %6s %8s"
-	keyWidth := max(width-utf8.RuneCountInString(fmt.Sprintf(counts, "", "", "", "", "")), 8)
+	keyWidth := max(width-columns(fmt.Sprintf(counts, "", "", "", "", "")), 8)
 	row := func(key string, cols ...any) {
 		add("%s"+counts, append([]any{padRight(fit(key, keyWidth), keyWidth)}, cols...)...)
 	}
@@ -258,7 +257,7 @@ func pad(lines []string, height, width int) []string {
 	return append(lines, footer)
 }
 
-// fit cuts s to width runes, marking a cut with "~". Anything that is
+// fit cuts s to width columns, marking a cut with "~". Anything that is
 // not printable (an escape in what the daemon says) becomes "?", so
 // that only top's own escapes reach the terminal.
 func fit(s string, width int) string {
@@ -268,18 +267,53 @@ func fit(s string, width int) string {
 		}
 		return '?'
 	}, s)
-	if width <= 0 || utf8.RuneCountInString(s) <= width {
+	if width <= 0 || columns(s) <= width {
 		return s
 	}
-	r := []rune(s)
-	return string(r[:width-1]) + "~"
+	var b strings.Builder
+	used := 0
+	for _, r := range s {
+		w := runeColumns(r)
+		if used+w > width-1 {
+			break
+		}
+		b.WriteRune(r)
+		used += w
+	}
+	return b.String() + "~"
 }
 
 func padRight(s string, width int) string {
-	if n := utf8.RuneCountInString(s); n < width {
+	if n := columns(s); n < width {
 		return s + strings.Repeat(" ", width-n)
 	}
 	return s
+}
+
+// columns is the width of s on a terminal.
+func columns(s string) int {
+	n := 0
+	for _, r := range s {
+		n += runeColumns(r)
+	}
+	return n
+}
+
+// runeColumns is the width of r on a terminal: none for a combining mark,
+// two for the wide characters of East Asian scripts and for emoji, one
+// for the rest. An approximation of wcwidth(3), enough to keep a line
+// from wrapping.
+func runeColumns(r rune) int {
+	switch {
+	case unicode.Is(unicode.Mn, r) || unicode.Is(unicode.Me, r) || r == 0x200b:
+		return 0
+	case r >= 0x1100 && r <= 0x115f, r >= 0x2e80 && r <= 0xa4cf && r != 0x303f,
+		r >= 0xac00 && r <= 0xd7a3, r >= 0xf900 && r <= 0xfaff, r >= 0xfe30 && r <= 0xfe4f,
+		r >= 0xff00 && r <= 0xff60, r >= 0xffe0 && r <= 0xffe6,
+		r >= 0x1f300 && r <= 0x1f64f, r >= 0x1f900 && r <= 0x1f9ff, r >= 0x20000 && r <= 0x3fffd:
+		return 2
+	}
+	return 1
 }
 
 // winsize returns the terminal's columns and rows, from TIOCGWINSZ.

@@ -94,6 +94,12 @@ func TestTopFrame(t *testing.T) {
 	lines = frame(cur, prev, "", 50, 10)
 	assert.Contains(t, strings.Join(lines, "\n"), "\n... 2 more keys, 3 clients\nq quits  50x10")
 
+	// Wide characters take two columns, combining marks none.
+	assert.Equal(t, "键~", fit("键盘/一", 4))
+	assert.Equal(t, "e\u0301t\u00e9", fit("e\u0301t\u00e9", 3))
+	assert.Equal(t, "ab~", fit("abc\u00e9", 3))
+	assert.Equal(t, 6, columns(padRight("键盘", 6)))
+
 	// What the daemon says reaches the terminal without its escapes.
 	assert.Equal(t, "v1?[2J~", fit("v1\x1b[2J and more", 7))
 
