@@ -135,7 +135,7 @@ func groups(ws []control.Waiter, sep string) []*group {
 }
 
 // frame is what top draws from cur (and prev, the sample before, for
-// rates; nil on the first frame), in lines no wider than width runes and,
+// rates; nil on the first frame), in lines no wider than width columns and,
 // when height > 0, no more than height lines.
 func frame(cur, prev *sample, sep string, width, height int) []string {
 	var lines []string
@@ -229,7 +229,11 @@ func frame(cur, prev *sample, sep string, width, height int) []string {
 			for _, h := range gs[i:] {
 				rest += h.n
 			}
-			add("... %d more keys, %d clients", len(gs)-i, rest)
+			what := "keys"
+			if sep != "" {
+				what = "rows"
+			}
+			add("... %d more %s, %d clients", len(gs)-i, what, rest)
 			break
 		}
 		if i >= room {
