@@ -199,11 +199,11 @@ func (d *instance) run(stderr io.Writer) int {
 			// standard error, rather than lose them for the log.
 			logErr = err
 		default:
-			d.log = slog.New(slog.NewTextHandler(stderr, nil))
+			d.log = slog.New(newLogHandler(stderr, cfg.logFormat, logToJournal(stderr), nil))
 			return d.fail(err)
 		}
 	}
-	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
+	d.log = slog.New(newLogHandler(logw, cfg.logFormat, logToJournal(logw), &slog.HandlerOptions{Level: d.level}))
 	log := d.log
 	if logErr != nil {
 		log.Error("cannot reopen the log file after the upgrade; logging to standard error", "err", logErr)
