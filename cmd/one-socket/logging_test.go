@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/one-socket/one-socket/internal/paths"
 	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
@@ -209,5 +211,61 @@ func TestJournalPrefix(t *testing.T) {
 		for l := range strings.SplitSeq(strings.TrimSuffix(string(data), "\n"), "\n") {
 			assert.True(t, strings.HasPrefix(l, "time="), "%q", l)
 		}
+	})
+}
+
+// TestRefusalLines: a policy denial, a request over the per-user quota and
+// a connection over the limit each log the client's pid, uid and gid, and
+// the key where there is one.
+func TestRefusalLines(t *testing.T) {
+	self := fmt.Sprintf("pid=%d uid=%d gid=%d ", os.Getpid(), os.Getuid(), os.Getgid())
+	ask := func(t *testing.T, sock, key string) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		_, err := getPair(ctx, sock, []byte(key), spb.ModeClient)
+		return err
+	}
+	t.Run("denial", func(t *testing.T) {
+		policyPath := filepath.Join(t.TempDir(), "policy.conf")
+		writePolicy(t, policyPath, "allow key=ok\n")
+		sock := sockPath(t)
+		d := startDaemon(t, sock, "--policy", policyPath)
+		require.Error(t, ask(t, sock, "not ok"))
+		line := d.waitLog("request denied")
+		assert.Contains(t, line, "level=WARN ")
+		assert.Contains(t, line, self)
+		assert.Contains(t, line, `key=not\x20ok `)
+	})
+	t.Run("quota", func(t *testing.T) {
+		sock := sockPath(t)
+		d := startDaemon(t, sock, "--max-waiting-per-uid", "1")
+		conn, err := net.Dial("unix", sock)
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.Write(getPairWire([]byte("first"), spb.ModeClient))
+		require.NoError(t, err)
+		waitFor(t, func() bool {
+			return status(t, filepath.Join(filepath.Dir(sock), paths.ControlSocketName))["waiting"] == float64(1)
+		})
+		require.Error(t, ask(t, sock, "second"))
+		line := d.waitLog("request refused: the user has too many clients waiting")
+		assert.Contains(t, line, "level=WARN ")
+		assert.Contains(t, line, self)
+		assert.Contains(t, line, "mode=client key=second limit=1")
+	})
+	t.Run("connection limit", func(t *testing.T) {
+		sock := sockPath(t)
+		d := startDaemon(t, sock, "--max-conns", "1", "--max-conns-per-uid", "-1")
+		conn, err := net.Dial("unix", sock)
+		require.NoError(t, err)
+		defer conn.Close()
+		waitFor(t, func() bool {
+			return status(t, filepath.Join(filepath.Dir(sock), paths.ControlSocketName))["conns"] == float64(1)
+		})
+		_ = ask(t, sock, "refused")
+		line := d.waitLog("refusing connections: connection limit reached")
+		assert.Contains(t, line, "level=WARN ")
+		assert.Contains(t, line, self)
+		assert.Contains(t, line, "limit=1 refused_since_last_warning=1")
 	})
 }

@@ -24,8 +24,10 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.closePair() // left over if a waiter vanished
 			if l.overQuota(fd) {
 				l.b.stats.overQuota.Add(1)
-				l.b.log.Warn("request refused: the user has too many clients waiting",
-					"uid", l.conns[fd].uid, "limit", l.b.maxPerUID)
+				if ok, suppressed := l.quotaLog.allow(l.now); ok {
+					args := append(l.peerArgs(int(fd)), "mode", mode, "key", logsafe.Key(key), "limit", l.b.maxPerUID)
+					l.b.log.Warn("request refused: the user has too many clients waiting", suppressedArg(args, suppressed)...)
+				}
 				l.drop(fd)
 				return
 			}
