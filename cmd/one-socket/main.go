@@ -367,8 +367,14 @@ func (d *instance) run(stderr io.Writer) int {
 	boot.report.ok()
 	d.ready()
 	if r := boot.restored; r != nil {
+		// A stop leaves a description; a crash only the waiters' copies.
+		from := "crash"
+		if r.Described {
+			from = "stop"
+		}
 		log.Info("clients taken back from the service manager", "clients", taken,
-			"stored", r.Counts.Clients, "kept", r.Kept, "hung_up", r.Lost, "unknown", r.Stray)
+			"stored", r.Counts.Clients, "kept", r.Kept, "hung_up", r.Lost, "unknown", r.Stray,
+			"after", from, "counters", carried(r.Totals != nil), "policy", d.policy.current())
 	}
 	d.boot = nil
 	return d.serve(sigs, hups, usr2)
