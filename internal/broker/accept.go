@@ -34,8 +34,8 @@ func (l *loop) accept() {
 	if l.b.maxUIDConns > 0 {
 		p, err := l.peer(fd)
 		if err != nil {
-			l.refused(-1, "cannot read a client's credentials", "err", err)
 			unix.Close(fd)
+			l.refused(-1, "cannot read a client's credentials", "err", err)
 			return
 		}
 		uid = p.UID
@@ -43,14 +43,12 @@ func (l *loop) accept() {
 		// hosts whose clients all run as root need the whole limit.
 		if uid != 0 && int(l.byUID[uid]) >= l.b.maxUIDConns {
 			l.refused(fd, "a user holds its whole share of connections", "limit", l.b.maxUIDConns)
-			unix.Close(fd)
 			return
 		}
 	}
 	if l.nconns >= l.b.maxConns && !l.shed(uid) {
 		l.drain(fd)
 		l.refused(fd, "connection limit reached", "limit", l.b.maxConns)
-		unix.Close(fd)
 		return
 	}
 	l.track(fd, l.now, uid)
@@ -138,16 +136,21 @@ func openSpare() int {
 	return fd
 }
 
-// refused counts a refused connection and warns at most every limitLogEvery,
-// naming the client on fd (its pid, uid and gid) unless fd is -1. The
-// caller closes fd after.
+// refused closes the refused connection fd (unless it is -1, already
+// closed), counts it and warns at most every limitLogEvery, naming the
+// client (its pid, uid and gid) when it has fd. It closes fd before
+// counting, so that whoever sees the count finds the connection closed.
 func (l *loop) refused(fd int, why string, args ...any) {
-	l.b.stats.refused.Add(1)
-	l.refusals++
-	if l.lastLog == 0 || l.now-l.lastLog >= int64(limitLogEvery) {
-		if fd >= 0 {
+	logNow := l.lastLog == 0 || l.now-l.lastLog >= int64(limitLogEvery)
+	if fd >= 0 {
+		if logNow {
 			args = append(l.peerArgs(fd), args...)
 		}
+		unix.Close(fd)
+	}
+	l.b.stats.refused.Add(1)
+	l.refusals++
+	if logNow {
 		l.b.log.Warn("refusing connections: "+why, append(args, "refused_since_last_warning", l.refusals)...)
 		l.lastLog = max(l.now, 1)
 		l.refusals = 0
