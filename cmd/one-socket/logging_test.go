@@ -236,6 +236,29 @@ func TestRefusalLines(t *testing.T) {
 		assert.Contains(t, line, self)
 		assert.Contains(t, line, `key=not\x20ok `)
 	})
+	t.Run("denial json", func(t *testing.T) {
+		policyPath := filepath.Join(t.TempDir(), "policy.conf")
+		writePolicy(t, policyPath, "allow key=ok\n")
+		sock := sockPath(t)
+		d := startDaemon(t, sock, "--policy", policyPath, "--log-format", "json")
+		require.Error(t, ask(t, sock, "not ok"))
+		waitFor(t, func() bool { return strings.Contains(d.stderr.String(), `"msg":"request denied"`) })
+		for line := range strings.SplitSeq(d.stderr.String(), "\n") {
+			if !strings.Contains(line, `"msg":"request denied"`) {
+				continue
+			}
+			var rec map[string]any
+			require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
+			t.Log(line)
+			assert.Equal(t, "WARN", rec["level"])
+			assert.EqualValues(t, os.Getpid(), rec["pid"])
+			assert.EqualValues(t, os.Getuid(), rec["uid"])
+			assert.EqualValues(t, os.Getgid(), rec["gid"])
+			assert.Equal(t, `not\x20ok`, rec["key"])
+			assert.Equal(t, "client", rec["mode"])
+			assert.NotEmpty(t, rec["reason"])
+		}
+	})
 	t.Run("quota", func(t *testing.T) {
 		sock := sockPath(t)
 		d := startDaemon(t, sock, "--max-waiting-per-uid", "1")

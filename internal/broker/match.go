@@ -25,7 +25,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			if l.overQuota(fd) {
 				l.b.stats.overQuota.Add(1)
 				if ok, suppressed := l.quotaLog.allow(l.now); ok {
-					args := append(l.peerArgs(int(fd)), "mode", mode, "key", logsafe.Key(key), "limit", l.b.maxPerUID)
+					args := append(l.peerArgs(int(fd)), "mode", mode.String(), "key", logsafe.Key(key), "limit", l.b.maxPerUID)
 					l.b.log.Warn("request refused: the user has too many clients waiting", suppressedArg(args, suppressed)...)
 				}
 				l.drop(fd)
@@ -82,7 +82,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			return
 		}
 		if l.debug {
-			l.b.log.Debug("paired", "key", logsafe.Key(key), "mode", mode)
+			l.b.log.Debug("paired", "key", logsafe.Key(key), "mode", mode.String())
 		}
 		return
 	}
@@ -124,7 +124,7 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	}
 	l.listOn(fd, onPending)
 	if l.debug {
-		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode)
+		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode.String())
 	}
 }
 
