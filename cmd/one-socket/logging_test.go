@@ -292,3 +292,32 @@ func TestRefusalLines(t *testing.T) {
 		assert.Contains(t, line, "limit=1 refused_since_last_warning=1")
 	})
 }
+
+// TestLogFormatJSONUpgrade upgrades a daemon started with --log-format
+// json: the new program writes JSON too, its upgraded line with what it
+// took over.
+func TestLogFormatJSONUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl, "--log-format", "json")
+	ws := startWaiters(t, sock, 3)
+	waitWaiting(t, ctl, 3)
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), `"msg":"upgraded"`) })
+	pairWaiters(t, sock, ws)
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+	var upgraded map[string]any
+	for line := range strings.SplitSeq(strings.TrimSuffix(d.stderr.String(), "\n"), "\n") {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &rec), "line %q", line)
+		if rec["msg"] == "upgraded" {
+			upgraded = rec
+		}
+	}
+	require.NotNil(t, upgraded)
+	assert.EqualValues(t, 3, upgraded["clients"])
+	assert.EqualValues(t, 3, upgraded["waiting"])
+	assert.EqualValues(t, 0, upgraded["kept"])
+	assert.Equal(t, "carried", upgraded["counters"])
+	assert.Equal(t, "none", upgraded["policy"])
+}
