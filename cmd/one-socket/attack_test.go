@@ -428,9 +428,13 @@ func TestAttackFlood(t *testing.T) {
 		flags []string
 		held  float64 // the connections the flooder gets
 		proof string  // the counter that shows the flood was held off
+		line  string  // the warning that names the flooder
+		peer  string  // what it says of it
 	}{
-		{"default share", []string{"--max-conns", "200"}, 100, "refused_total"},
-		{"share as large as the broker", []string{"--max-conns", "200", "--max-conns-per-uid", "200"}, 200, "shed_total"},
+		{"default share", []string{"--max-conns", "200"}, 100, "refused_total",
+			"refusing connections: a user holds its whole share of connections", `uid=1001 gid=\d+ limit=100 `},
+		{"share as large as the broker", []string{"--max-conns", "200", "--max-conns-per-uid", "200"}, 200, "shed_total",
+			"shedding a user's newest unfinished connection to make room", `uid=1001 gid=\d+ for_uid=0 limit=200`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := newOpenDir(t)
@@ -453,6 +457,17 @@ func TestAttackFlood(t *testing.T) {
 			require.Eventually(t, func() bool { return status(t, ctl)["paired_total"] == float64(50) },
 				20*time.Second, 10*time.Millisecond, "not every pairing was counted")
 			require.Equal(t, 0, d.stop(syscall.SIGTERM))
+			// The flooder is named, by pid and uid, in a few lines only:
+			// its refusals or sheds are many more.
+			lines := 0
+			for l := range strings.SplitSeq(d.stderr.String(), "\n") {
+				if strings.Contains(l, `msg="`+tt.line+`"`) {
+					lines++
+					assert.Regexp(t, `level=WARN msg="[^"]+" pid=\d+ `+tt.peer, l)
+				}
+			}
+			assert.NotZero(t, lines, "no %q in:\n%s", tt.line, d.stderr.String())
+			assert.LessOrEqual(t, lines, 10, "%q not rate-limited", tt.line)
 		})
 	}
 }

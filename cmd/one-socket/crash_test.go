@@ -89,7 +89,7 @@ func TestIntegrationCrashKeepsWaiters(t *testing.T) {
 	assert.Error(t, err, "the half-sent client was not kept")
 
 	d2 := m.start("--fdstore")
-	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=30 stored=0 kept=30 hung_up=0 unknown=0")
+	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=30 stored=0 kept=30 hung_up=0 unknown=0 after=crash counters=zeroed policy=none")
 	for _, w := range ws {
 		f, err := spb.GetPair(t.Context(), m.BrokerPath, w.key, spb.ModeClient)
 		require.NoError(t, err)

@@ -130,7 +130,7 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 
 	d2 := m.start("--fdstore")
 	line := d2.waitLog("clients taken back from the service manager")
-	assert.Contains(t, line, "clients=41 stored=42 kept=0 hung_up=1 unknown=0")
+	assert.Contains(t, line, "clients=41 stored=42 kept=0 hung_up=1 unknown=0 after=stop counters=carried policy=none")
 	assert.Zero(t, m.Count(fdNameClient)+m.Count(fdNameState), "the new instance emptied the store of what the stop put there")
 
 	pairWaiters(t, m.BrokerPath, append(ws, late...))
@@ -288,6 +288,8 @@ func TestIntegrationFDStoreUpgradeCrash(t *testing.T) {
 	// First an upgrade that works: the store is empty afterwards.
 	require.NoError(t, d.cmd.Process.Signal(syscall.SIGUSR2))
 	d.waitLogCount("upgraded", 1)
+	// Each waiter's copy stays in the store, for a crash of the new program.
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=5 waiting=5 kept=5 counters=carried policy=none ")
 	m.waitFor("READY=1")
 	require.Eventually(t, func() bool { return m.Count(fdNameClient) == 0 && m.Count(fdNameState) == 0 },
 		20*time.Second, 10*time.Millisecond, "the new program left the clients in the store: %v", m.Names())

@@ -44,6 +44,7 @@ type config struct {
 	ctlSocketSet     bool   // --ctl-socket was given, even as ""
 	logLevel         slog.Level
 	logFile          string
+	logFormat        string // --log-format: logFormatText or logFormatJSON
 	pidFile          string
 	detach           bool
 	handshakeTimeout time.Duration
@@ -71,6 +72,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	cfg := &config{
 		socketMode:       defaultSocketMode,
 		logLevel:         slog.LevelInfo,
+		logFormat:        logFormatText,
 		handshakeTimeout: broker.DefaultHandshakeTimeout,
 	}
 	set := flag.NewFlagSet("one-socket", flag.ContinueOnError)
@@ -82,6 +84,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 		"\"none\" or \"\" disables it (default: $"+envCtlPath+", else\n"+paths.ControlSocketName+" in the broker socket's directory)")
 	set.Var((*levelValue)(&cfg.logLevel), "log-level", "log at `LEVEL` and above: debug, info, warn or error;\ndebug adds a line per client event")
 	set.StringVar(&cfg.logFile, "log-file", "", "append the log to `PATH` instead of standard error;\nSIGHUP reopens it")
+	set.StringVar(&cfg.logFormat, "log-format", cfg.logFormat, "write the log as `FORMAT`: text (key=value) or json (an object a line)")
 	set.StringVar(&cfg.pidFile, "pidfile", "", "write the daemon's process ID to `PATH` and hold a lock on it;\na second daemon with the same PATH refuses to start")
 	set.BoolVar(&cfg.detach, "detach", false, "run in the background: return once the daemon listens, with status 0,\nor with its error and status if it cannot start")
 	set.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", cfg.handshakeTimeout,
@@ -131,6 +134,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	})
 	if set.NArg() > 0 {
 		return bad("unexpected argument %q (the socket path is given with --socket)", set.Arg(0))
+	}
+	if cfg.logFormat != logFormatText && cfg.logFormat != logFormatJSON {
+		return bad("--log-format must be text or json, not %q", cfg.logFormat)
 	}
 	if cfg.handshakeTimeout <= 0 {
 		return bad("--handshake-timeout must be positive, not %v", cfg.handshakeTimeout)

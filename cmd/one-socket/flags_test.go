@@ -16,12 +16,14 @@ func TestParseFlags(t *testing.T) {
 	assert.Equal(t, &config{
 		socketMode:       0o660,
 		logLevel:         slog.LevelInfo,
+		logFormat:        "text",
 		handshakeTimeout: 5e9,
 	}, cfg, "defaults")
 
 	cfg, err = parseFlags([]string{"--socket", "/s", "--socket-mode", "600", "--log-level", "DEBUG",
 		"--handshake-timeout", "250ms", "--max-conns", "7", "--version",
-		"--ctl-allow-uid", "1001,root", "--ctl-allow-uid", "7", "--open-abstract"}, io.Discard, io.Discard)
+		"--ctl-allow-uid", "1001,root", "--ctl-allow-uid", "7", "--open-abstract",
+		"--log-format", "json"}, io.Discard, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, &config{
 		socket:           "/s",
@@ -30,6 +32,7 @@ func TestParseFlags(t *testing.T) {
 		ctlAllow:         uidList{1001, 0, 7},
 		openAbstract:     true,
 		logLevel:         slog.LevelDebug,
+		logFormat:        "json",
 		handshakeTimeout: 250e6,
 		maxConns:         7,
 		version:          true,
@@ -41,6 +44,7 @@ func TestParseFlags(t *testing.T) {
 		socketMode:       0o660,
 		ctlSocketSet:     true,
 		logLevel:         slog.LevelInfo,
+		logFormat:        "text",
 		logFile:          "/l",
 		pidFile:          "/p",
 		detach:           true,

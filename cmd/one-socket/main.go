@@ -199,11 +199,11 @@ func (d *instance) run(stderr io.Writer) int {
 			// standard error, rather than lose them for the log.
 			logErr = err
 		default:
-			d.log = slog.New(slog.NewTextHandler(stderr, nil))
+			d.log = slog.New(newLogHandler(stderr, cfg.logFormat, logToJournal(stderr), nil))
 			return d.fail(err)
 		}
 	}
-	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
+	d.log = slog.New(newLogHandler(logw, cfg.logFormat, logToJournal(logw), &slog.HandlerOptions{Level: d.level}))
 	log := d.log
 	if logErr != nil {
 		log.Error("cannot reopen the log file after the upgrade; logging to standard error", "err", logErr)
@@ -367,8 +367,14 @@ func (d *instance) run(stderr io.Writer) int {
 	boot.report.ok()
 	d.ready()
 	if r := boot.restored; r != nil {
+		// A stop leaves a description; a crash only the waiters' copies.
+		from := "crash"
+		if r.Described {
+			from = "stop"
+		}
 		log.Info("clients taken back from the service manager", "clients", taken,
-			"stored", r.Counts.Clients, "kept", r.Kept, "hung_up", r.Lost, "unknown", r.Stray)
+			"stored", r.Counts.Clients, "kept", r.Kept, "hung_up", r.Lost, "unknown", r.Stray,
+			"after", from, "counters", carried(r.Totals != nil), "policy", d.policy.current())
 	}
 	d.boot = nil
 	return d.serve(sigs, hups, usr2)

@@ -336,8 +336,27 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 		d.level.Set(lvl)
 	}
 	d.startControl()
-	d.log.Info("upgraded", "clients", len(h.Conns), "pid", os.Getpid(), "version", versionString(),
-		"socket", d.sock.path, "nofile", nofile)
+	waiting, kept := 0, 0
+	for _, c := range h.Conns {
+		if c.Waiting {
+			waiting++
+		}
+		if c.Stored != 0 {
+			kept++
+		}
+	}
+	d.log.Info("upgraded", "clients", len(h.Conns), "waiting", waiting, "kept", kept,
+		"counters", carried(h.Totals != nil), "policy", d.policy.current(),
+		"pid", os.Getpid(), "version", versionString(), "socket", d.sock.path, "nofile", nofile)
 	d.ready()
 	return d.serve(sigs, hups, usr2)
+}
+
+// carried says in a log line whether the counters came over from the
+// previous program ("carried") or start again at zero ("zeroed").
+func carried(yes bool) string {
+	if yes {
+		return "carried"
+	}
+	return "zeroed"
 }

@@ -131,7 +131,7 @@ func TestUpgradeBySIGUSR2(t *testing.T) {
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
 	d.waitLogCount("upgraded", 1)
-	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=6 ")
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=6 waiting=5 kept=0 counters=carried policy=none ")
 	assert.Equal(t, pid, d.pid())
 	data, err := os.ReadFile(pidPath)
 	require.NoError(t, err)

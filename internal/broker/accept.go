@@ -35,22 +35,20 @@ func (l *loop) accept() {
 		p, err := l.peer(fd)
 		if err != nil {
 			unix.Close(fd)
-			l.refused("cannot read a client's credentials", "err", err)
+			l.refused(-1, "cannot read a client's credentials", "err", err)
 			return
 		}
 		uid = p.UID
 		// Root is trusted with more: it could stop the broker anyway, and
 		// hosts whose clients all run as root need the whole limit.
 		if uid != 0 && int(l.byUID[uid]) >= l.b.maxUIDConns {
-			unix.Close(fd)
-			l.refused("a user holds its whole share of connections", "uid", uid, "limit", l.b.maxUIDConns)
+			l.refused(fd, "a user holds its whole share of connections", "limit", l.b.maxUIDConns)
 			return
 		}
 	}
 	if l.nconns >= l.b.maxConns && !l.shed(uid) {
 		l.drain(fd)
-		unix.Close(fd)
-		l.refused("connection limit reached", "limit", l.b.maxConns)
+		l.refused(fd, "connection limit reached", "limit", l.b.maxConns)
 		return
 	}
 	l.track(fd, l.now, uid)
@@ -84,8 +82,9 @@ func (l *loop) shed(uid uint32) bool {
 	for fd := tail; ; fd = l.conns[fd].links[deadlineLink].prev {
 		if l.conns[fd].uid == top {
 			l.b.stats.shed.Add(1)
-			if l.debug {
-				l.b.log.Debug("shedding a handshake to make room", "fd", fd, "uid", top, "for_uid", uid)
+			if ok, suppressed := l.shedLog.allow(l.now); ok {
+				args := append(l.peerArgs(int(fd)), "for_uid", uid, "limit", l.b.maxConns)
+				l.b.log.Warn("shedding a user's newest unfinished connection to make room", suppressedArg(args, suppressed)...)
 			}
 			l.drop(fd)
 			return true
@@ -110,7 +109,7 @@ func (l *loop) refuseNoRoom(e unix.Errno) {
 		}
 		l.spareFD = openSpare()
 		if e2 == 0 {
-			l.refused("out of descriptors", "err", os.NewSyscallError("accept4", e))
+			l.refused(-1, "out of descriptors", "err", os.NewSyscallError("accept4", e))
 			return
 		}
 	}
@@ -137,13 +136,71 @@ func openSpare() int {
 	return fd
 }
 
-// refused counts a refused connection and warns at most every limitLogEvery.
-func (l *loop) refused(why string, args ...any) {
+// refused closes the refused connection fd (unless it is -1, already
+// closed), counts it and warns at most every limitLogEvery, naming the
+// client (its pid, uid and gid) when it has fd. It closes fd before
+// counting, so that whoever sees the count finds the connection closed.
+func (l *loop) refused(fd int, why string, args ...any) {
+	logNow := l.lastLog == 0 || l.now-l.lastLog >= int64(limitLogEvery)
+	if fd >= 0 {
+		if logNow {
+			args = append(l.peerArgs(fd), args...)
+		}
+		unix.Close(fd)
+	}
 	l.b.stats.refused.Add(1)
 	l.refusals++
-	if l.lastLog == 0 || l.now-l.lastLog >= int64(limitLogEvery) {
+	if logNow {
 		l.b.log.Warn("refusing connections: "+why, append(args, "refused_since_last_warning", l.refusals)...)
 		l.lastLog = max(l.now, 1)
 		l.refusals = 0
 	}
+}
+
+// peerArgs names the client on fd in a log line: pid, uid and gid, or
+// the error that kept them unknown. Only for lines that are logged: it
+// costs a system call.
+func (l *loop) peerArgs(fd int) []any {
+	p, err := l.peer(fd)
+	if err != nil {
+		return []any{"peer_err", err}
+	}
+	return []any{"pid", p.PID, "uid", p.UID, "gid", p.GID}
+}
+
+// Lines that a flood of clients could repeat: at most logBurst of each
+// kind every limitLogEvery, the next one after a pause saying how many
+// were left out.
+const logBurst = 10
+
+// logLimit rate-limits one kind of line.
+type logLimit struct {
+	start      int64 // when the current period began, 0 for none yet
+	n          int   // lines logged in it
+	suppressed uint64
+}
+
+// allow reports whether a line may be logged now and, if so, how many
+// were left out since the last one.
+func (r *logLimit) allow(now int64) (bool, uint64) {
+	if r.start == 0 || now-r.start >= int64(limitLogEvery) {
+		r.start, r.n = max(now, 1), 0
+	}
+	if r.n >= logBurst {
+		r.suppressed++
+		return false, 0
+	}
+	r.n++
+	s := r.suppressed
+	r.suppressed = 0
+	return true, s
+}
+
+// suppressedArg adds the number of lines left out to args, when there
+// were any.
+func suppressedArg(args []any, suppressed uint64) []any {
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	return args
 }

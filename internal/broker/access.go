@@ -51,7 +51,7 @@ func (l *loop) recheckWaiters(a Authorizer) {
 		dropped++
 		if l.debug {
 			l.b.log.Debug("waiting client no longer allowed", "pid", p.PID, "uid", p.UID, "gid", p.GID,
-				"mode", c.mode, "key", logsafe.Key([]byte(c.key)), "reason", err)
+				"mode", c.mode.String(), "key", logsafe.Key([]byte(c.key)), "reason", err)
 		}
 		l.drop(int32(fd))
 	}
@@ -82,8 +82,10 @@ func (l *loop) admit(fd int32, mode libspbroker.Mode, key []byte) bool {
 	}
 	if err := (*ap).Authorize(p, key, mode); err != nil {
 		l.b.stats.denied.Add(1)
-		l.b.log.Warn("request denied", "pid", p.PID, "uid", p.UID, "gid", p.GID,
-			"mode", mode, "key", logsafe.Key(key), "reason", err)
+		if ok, suppressed := l.denyLog.allow(l.now); ok {
+			l.b.log.Warn("request denied", suppressedArg([]any{"pid", p.PID, "uid", p.UID, "gid", p.GID,
+				"mode", mode.String(), "key", logsafe.Key(key), "reason", err}, suppressed)...)
+		}
 		l.drop(fd)
 		return false
 	}

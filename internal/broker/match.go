@@ -24,8 +24,10 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			l.closePair() // left over if a waiter vanished
 			if l.overQuota(fd) {
 				l.b.stats.overQuota.Add(1)
-				l.b.log.Warn("request refused: the user has too many clients waiting",
-					"uid", l.conns[fd].uid, "limit", l.b.maxPerUID)
+				if ok, suppressed := l.quotaLog.allow(l.now); ok {
+					args := append(l.peerArgs(int(fd)), "mode", mode.String(), "key", logsafe.Key(key), "limit", l.b.maxPerUID)
+					l.b.log.Warn("request refused: the user has too many clients waiting", suppressedArg(args, suppressed)...)
+				}
 				l.drop(fd)
 				return
 			}
@@ -80,7 +82,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 			return
 		}
 		if l.debug {
-			l.b.log.Debug("paired", "key", logsafe.Key(key), "mode", mode)
+			l.b.log.Debug("paired", "key", logsafe.Key(key), "mode", mode.String())
 		}
 		return
 	}
@@ -122,7 +124,7 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	}
 	l.listOn(fd, onPending)
 	if l.debug {
-		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode)
+		l.b.log.Debug("client waiting", "fd", fd, "key", logsafe.Key(key), "mode", mode.String())
 	}
 }
 

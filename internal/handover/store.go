@@ -48,6 +48,9 @@ type Restored struct {
 	Closed []uint64
 	Counts Counts  // what the stop that stored them counted
 	Totals *Totals // the engine's counters when they were stored, or nil
+	// Described says a stop's description came back: the clients were
+	// stored by a stop, not only kept for a crash.
+	Described bool
 }
 
 // ReadStored reads the State a stop stored, from f (the memfd the store
@@ -119,6 +122,7 @@ func Restore(desc *State, fds []int, kept map[int]uint64, now time.Time) *Restor
 		add(fd)
 	}
 	if desc != nil {
+		r.Described = true
 		r.Totals = desc.Totals
 		if desc.Counts != nil {
 			r.Counts = *desc.Counts

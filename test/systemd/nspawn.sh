@@ -19,6 +19,9 @@
 #               waiting clients
 #   policy      a broken --policy fails the start; at a reload it is
 #               refused and the policy in force stays
+#   journal     journalctl -p warning shows a policy denial (with the
+#               peer and the key) and no info line: the daemon's syslog
+#               priority prefixes reach journald
 #   deb         the .deb: install enables the sockets, an upgrade loses
 #               none of 1,000 waiting clients, purge leaves nothing
 #   security    systemd-analyze security one-socket.service, online
@@ -48,10 +51,10 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../packaging/common.sh"
 umask 022 # the layers' directories are the container's
 
-all_tests=(activation status restart kill stop policy deb security)
+all_tests=(activation status restart kill stop policy journal deb security)
 declare -A go_test=(
 	[activation]=TestActivation [status]=TestStatus [restart]=TestRestart
-	[kill]=TestKill [stop]=TestStop [policy]=TestPolicy [deb]=TestDebian
+	[kill]=TestKill [stop]=TestStop [policy]=TestPolicy [journal]=TestJournal [deb]=TestDebian
 	[security]=TestSecurity
 )
 tests=("$@")

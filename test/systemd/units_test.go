@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/one-socket/one-socket/libspbroker"
@@ -257,4 +258,39 @@ func TestSecurity(t *testing.T) {
 		}
 	}
 	require.NoError(t, err, "%s:\n%s", strings.Join(args, " "), out)
+}
+
+// TestJournal: the daemon's lines reach the journal with their level as
+// the priority: `journalctl -p warning` shows a policy denial, with the
+// peer and the key, and not the info lines; the priority prefix itself
+// is stripped.
+func TestJournal(t *testing.T) {
+	inside(t)
+	m := execPath.FindStringSubmatch(prop(t, service, "ExecStart"))
+	require.NotNil(t, m, "ExecStart of %s", service)
+	require.NoError(t, os.MkdirAll(filepath.Dir(policyDropIn), 0o755))
+	require.NoError(t, os.WriteFile(policyDropIn, []byte(fmt.Sprintf(
+		"[Service]\nExecStart=\nExecStart=%s --fdstore --policy %s\n", m[1], policyFile)), 0o644))
+	run(t, "systemctl", "daemon-reload")
+	writePolicy(t, "allow key=good-*\n")
+	run(t, "systemctl", "start", brokerUnit, controlUnit, service)
+	waitRunning(t, "the service", "")
+	pairOnce(t, "good-1")
+	refused(t, "bad-1")
+
+	prio := func(p string) string {
+		return run(t, "journalctl", "--no-pager", "--output=cat", "--unit="+service, "--priority="+p)
+	}
+	waitFor(t, "the denial in the journal at warning", 30*time.Second, func() (bool, string) {
+		out := prio("warning")
+		return strings.Contains(out, "request denied"), out
+	})
+	warn := prio("warning")
+	assert.Contains(t, warn, fmt.Sprintf("pid=%d uid=0 gid=0 mode=server key=bad-1 ", os.Getpid()))
+	assert.NotContains(t, warn, "one-socket started", "an info line at priority warning")
+	assert.NotContains(t, warn, "<4>", "the prefix was not stripped")
+	info := prio("info")
+	assert.Contains(t, info, "one-socket started")
+	assert.Contains(t, info, "request denied")
+	assert.NotContains(t, info, "<6>", "the prefix was not stripped")
 }
