@@ -19,7 +19,11 @@ type controlServer struct {
 // running broker, if the daemon has a control socket. Its stop command
 // begins the same stop as SIGTERM, and its log-level command sets the
 // level of the daemon's logger.
+//
+// It also makes the metrics report the running broker, with or without a
+// control socket.
 func (d *instance) startControl() {
+	d.metrics.SetBroker(d.b)
 	if d.ctl.ln == nil {
 		return
 	}
@@ -33,6 +37,7 @@ func (d *instance) startControl() {
 		Reload:        func() (string, error) { return d.reloadPolicy("control") },
 		Policy:        d.policy.current,
 		Upgrade:       d.requestUpgrade,
+		Metrics:       d.metrics.Text,
 	}), d.log)
 	srv.Allow(d.cfg.ctlAllow...)
 	served := make(chan error, 1)

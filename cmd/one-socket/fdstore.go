@@ -44,6 +44,7 @@ func fdStoreWanted(flag bool, getenv func(string) string) bool {
 // stop would.
 func (d *instance) stopIntoStore() {
 	log := d.log
+	defer d.stopMetrics()
 	st, ctlFD, err := d.handOver()
 	if err != nil {
 		log.Warn("cannot hand the clients to the service manager; disconnecting them", "err", err)

@@ -57,6 +57,7 @@ type config struct {
 	fdstore          bool          // --fdstore: keep clients in systemd's store across a restart
 	ctlAllow         uidList       // --ctl-allow-uid: who may use the control socket besides root and the daemon's uid
 	openAbstract     bool          // --open-abstract: an abstract broker socket without a policy
+	metricsListen    string        // --metrics-listen: host:port or unix:PATH, empty for none
 	socketModeSet    bool          // --socket-mode was given
 	version          bool
 }
@@ -105,6 +106,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 		"socket too; root and the daemon's own user always may")
 	set.BoolVar(&cfg.openAbstract, "open-abstract", false, "accept an abstract broker socket (@name) without --policy, although\n"+
 		"every user in the network namespace may then pair with any key")
+	set.StringVar(&cfg.metricsListen, "metrics-listen", "", "serve Prometheus metrics over HTTP at /metrics on `ADDR`: host:port,\n"+
+		"or unix:PATH for a Unix socket (default: none; one-socketctl metrics\nalways has them)")
 	set.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	// The flag package calls Usage both for --help and after printing an
 	// error; the full text goes to stdout for --help only, and a mistake
@@ -152,6 +155,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	}
 	if cfg.maxWait < 0 {
 		return bad("--max-wait must be 0 (no limit) or more, not %v", cfg.maxWait)
+	}
+	if cfg.metricsListen != "" {
+		if _, _, err := parseMetricsListen(cfg.metricsListen); err != nil {
+			return bad("%v", err)
+		}
 	}
 	return cfg, nil
 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/one-socket/one-socket/internal/broker"
 	"github.com/one-socket/one-socket/internal/handover"
+	"github.com/one-socket/one-socket/internal/metrics"
 	"github.com/one-socket/one-socket/internal/paths"
 	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/internal/systemd"
@@ -108,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return detach(args, stderr)
 	}
 
-	d := &instance{cfg: cfg, notify: notify, level: new(slog.LevelVar), boot: boot}
+	d := &instance{cfg: cfg, notify: notify, level: new(slog.LevelVar), boot: boot, metrics: newMetrics()}
 	if boot.ho != nil {
 		d.exe = boot.ho.Exe
 	} else if d.exe, err = executablePath(os.Args[0]); err != nil {
@@ -128,9 +129,13 @@ type instance struct {
 	notify *systemd.Notifier // the service manager's notify socket, or nil
 	policy policyState       // --policy and the policy in force
 
-	b      *broker.Broker
-	bcfg   broker.Config // what a new broker is made with, but the authorizer
-	served chan error    // the broker's Serve result; nil when none runs
+	b *broker.Broker
+	// metrics reads the broker's counters for one-socketctl metrics and
+	// --metrics-listen (metricsSrv, nil without it).
+	metrics    *metrics.Metrics
+	metricsSrv *metricsServer
+	bcfg       broker.Config // what a new broker is made with, but the authorizer
+	served     chan error    // the broker's Serve result; nil when none runs
 
 	sock      socket // the broker socket
 	ctlSock   socket // the control socket; its path is "" without one
@@ -290,6 +295,12 @@ func (d *instance) run(stderr io.Writer) int {
 			}
 		}
 		d.bcfg.Store = d.crash
+	}
+	if err := d.startMetrics(); err != nil && boot.ho != nil {
+		// The clients are here already: serve them without metrics.
+		log.Error("cannot serve metrics after the upgrade", "err", err)
+	} else if err != nil {
+		return d.fail(err)
 	}
 	d.b, err = broker.New(d.brokerConfig())
 	if err != nil {
@@ -498,6 +509,7 @@ func (d *instance) shutdown() {
 		d.served = nil
 	}
 	d.ctl.close()
+	d.stopMetrics()
 }
 
 // removeSockets removes the socket files this process created and still

@@ -328,6 +328,7 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 		unix.Close(boot.fallback.FD)
 	}
 	d.b.Carry(h.Totals.Stats())
+	d.b.CountUpgrade()
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.b.ServeState(st) }()
 	d.started = h.Started

@@ -73,6 +73,8 @@ var commands = []*command{
 		flags: controlFlags, run: (*app).reload},
 	{name: "upgrade", help: "restart the broker by re-exec of its binary, keeping every client",
 		flags: controlFlags, run: (*app).upgrade},
+	{name: "metrics", help: "print the broker's metrics in the Prometheus text format",
+		flags: controlFlags, run: (*app).metrics},
 	{name: "stop", help: "stop the broker gracefully",
 		flags: controlFlags, run: (*app).stop},
 	{name: "top", help: "a live view: waiting keys, pairs/s, refusals, connections",

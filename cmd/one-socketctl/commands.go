@@ -217,6 +217,12 @@ func (a *app) upgrade(o *options) int {
 	return a.do(o, control.Request{Command: control.CmdUpgrade}, &ur, func() { fmt.Fprintln(a.stdout, "one-socket is upgrading") })
 }
 
+// metrics prints the daemon's metrics as it rendered them.
+func (a *app) metrics(o *options) int {
+	var mr control.MetricsResult
+	return a.do(o, control.Request{Command: control.CmdMetrics}, &mr, func() { io.WriteString(a.stdout, mr.Text) })
+}
+
 func (a *app) stop(o *options) int {
 	var sr control.StopResult
 	return a.do(o, control.Request{Command: control.CmdStop}, &sr, func() { fmt.Fprintln(a.stdout, "one-socket is stopping") })

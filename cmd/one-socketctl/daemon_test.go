@@ -1,15 +1,22 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -47,7 +54,8 @@ func TestIntegrationDaemon(t *testing.T) {
 	dir := shortTempDir(t)
 	sock := filepath.Join(dir, "one.socket")
 	ctlPath := filepath.Join(dir, "one-socket.ctl")
-	daemon := exec.Command(bin, "--socket", sock)
+	metricsSock := filepath.Join(dir, "m.sock")
+	daemon := exec.Command(bin, "--socket", sock, "--metrics-listen", "unix:"+metricsSock)
 	daemon.Env = testEnv()
 	var logs testutil.LockedBuffer
 	daemon.Stderr = &logs
@@ -104,6 +112,14 @@ func TestIntegrationDaemon(t *testing.T) {
 	assert.Equal(t, 0, a.wait(), a.stderr.String())
 	assert.Equal(t, "from b\n", a.stdout.String())
 
+	// metrics: the pair is counted, and its wait observed.
+	m := ctlMetrics(t, env)
+	assert.Equal(t, 1.0, m["one_socket_paired_total"])
+	assert.Equal(t, 1.0, m["one_socket_wait_seconds_count"])
+	assert.Equal(t, 0.0, m["one_socket_upgrades_total"])
+	assert.Equal(t, 1.0, m[`one_socket_build_info{goversion="`+runtime.Version()+`", version="`+daemonVersion+`"}`], "%v", m)
+	assert.Equal(t, m, httpMetrics(t, metricsSock))
+
 	// upgrade: the same process runs on, with the log level it had.
 	assert.Equal(t, result{stdout: "one-socket is upgrading\n"}, run(t, env, "", "upgrade"))
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "msg=upgraded ") },
@@ -113,6 +129,13 @@ func TestIntegrationDaemon(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
 	assert.Equal(t, daemon.Process.Pid, st.PID)
 	assert.Equal(t, "debug", st.LogLevel)
+	// The totals and the upgrade count are carried; the histogram is not;
+	// the new program serves --metrics-listen again.
+	m = ctlMetrics(t, env)
+	assert.Equal(t, 1.0, m["one_socket_paired_total"])
+	assert.Equal(t, 1.0, m["one_socket_upgrades_total"])
+	assert.Equal(t, 0.0, m["one_socket_wait_seconds_count"])
+	assert.Equal(t, m, httpMetrics(t, metricsSock))
 
 	assert.Equal(t, result{stdout: "one-socket is stopping\n"}, run(t, env, "", "stop"))
 	select {
@@ -124,4 +147,53 @@ func TestIntegrationDaemon(t *testing.T) {
 	assert.Contains(t, logs.String(), "control: stop requested")
 	r = run(t, env, "", "status")
 	assert.Equal(t, result{stderr: "one-socketctl: no control socket at " + ctlPath + ": is one-socket running?\n", code: 1}, r)
+}
+
+// samples parses Prometheus text with client_golang's parser into each
+// sample's value, keyed by its name and labels as the text format writes
+// them (histograms as _bucket, _sum and _count).
+func samples(t *testing.T, text string) map[string]float64 {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(text))
+	require.NoError(t, err, "%s", text)
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		vec, err := expfmt.ExtractSamples(&expfmt.DecodeOptions{Timestamp: model.Earliest}, mf)
+		require.NoError(t, err)
+		for _, s := range vec {
+			out[s.Metric.String()] = float64(s.Value)
+		}
+	}
+	return out
+}
+
+// ctlMetrics runs one-socketctl metrics and parses its output.
+func ctlMetrics(t *testing.T, env []string) map[string]float64 {
+	t.Helper()
+	r := run(t, env, "", "metrics")
+	require.Equal(t, 0, r.code, r.stderr)
+	return samples(t, r.stdout)
+}
+
+// httpMetrics scrapes /metrics on the Unix socket at path.
+func httpMetrics(t *testing.T, path string) map[string]float64 {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	var body []byte
+	require.Eventually(t, func() bool {
+		resp, err := c.Get("http://one-socket/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
+		return err == nil && resp.StatusCode == http.StatusOK
+	}, waitFor, 10*time.Millisecond, "no metrics at %s", path)
+	return samples(t, string(bytes.TrimSpace(body))+"\n")
 }

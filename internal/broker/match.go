@@ -57,6 +57,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 		// waiter's last, so that a crash leaves as little as it can between
 		// a waiter's consumed request and its SET_PAIR, and between the two
 		// SET_PAIRs: store.go says why.
+		waited := l.now - l.conns[w].since
 		l.dequeue(w)
 		l.consumeRequest(fd)
 		l.consumeRequest(w)
@@ -71,6 +72,7 @@ func (l *loop) match(fd int32, mode libspbroker.Mode, key []byte, checkHup bool)
 		e := l.send.send(int(fd), l.pair[1])
 		if e == 0 {
 			l.b.stats.paired.Add(1)
+			l.b.stats.wait.observe(waited)
 		}
 		l.drop(w)
 		l.closePair()
@@ -116,6 +118,7 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	c.since = l.now
 	l.enqueue(fd)
 	l.b.stats.waiting.Add(1)
+	l.b.stats.waitingByMode[mode%libspbroker.ModeMax].Add(1)
 	if l.b.maxPerUID > 0 {
 		l.perUID[c.uid]++
 	}
@@ -169,5 +172,6 @@ func (l *loop) dequeue(fd int32) {
 	c.key = ""
 	c.state = stReading // no longer waiting; closed right after
 	l.b.stats.waiting.Add(-1)
+	l.b.stats.waitingByMode[c.mode%libspbroker.ModeMax].Add(-1)
 	l.unlist(fd)
 }

@@ -73,6 +73,18 @@ type Stats struct {
 	Kept        int // waiting clients kept in the ConnStore now, for a crash
 	Conns       int // open client connections now (handshaking and waiting)
 
+	// WaitingByMode splits Waiting by the waiters' mode, indexed by
+	// libspbroker.Mode (none, client, server).
+	WaitingByMode [NumModes]int
+
+	// Upgrades counts the upgrades in place this daemon's run went
+	// through (CountUpgrade), carried like the totals.
+	Upgrades uint64
+
+	// Wait is how long each pair's waiter waited for its peer, in
+	// WaitBuckets; counted at pairing, not carried across upgrades.
+	Wait WaitHistogram
+
 	// ProtocolErrors counts violations by kind, indexed by ProtocolErrorKind.
 	ProtocolErrors [numErrKinds]uint64
 }
@@ -98,10 +110,66 @@ func (s *Stats) SetProtocolErrorsByName(m map[string]uint64) {
 type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
 	denied, overQuota, expired, shed              atomic.Uint64
-	restored, storeFailed                         atomic.Uint64
+	restored, storeFailed, upgrades               atomic.Uint64
 	waiting, conns, kept                          atomic.Int64
+	waitingByMode                                 [NumModes]atomic.Int64
 	protocol                                      [numErrKinds]atomic.Uint64
+	wait                                          waitCounters
 }
+
+// NumModes is the number of pairing modes (libspbroker.ModeMax).
+const NumModes = int(libspbroker.ModeMax)
+
+// WaitBuckets are the upper bounds, in seconds, of the wait histogram's
+// buckets; a last bucket takes the longer waits.
+var WaitBuckets = [...]float64{0.001, 0.01, 0.1, 1, 10, 60, 600, 3600}
+
+// waitBucketNS are WaitBuckets in nanoseconds, for the loop.
+var waitBucketNS = func() (ns [len(WaitBuckets)]int64) {
+	for i, b := range WaitBuckets {
+		ns[i] = int64(b * 1e9)
+	}
+	return
+}()
+
+// WaitHistogram is a snapshot of the wait histogram: Counts[i] counts the
+// waits in bucket i alone (not cumulative), the last one beyond every
+// bound; SumSeconds is their sum.
+type WaitHistogram struct {
+	Counts     [len(WaitBuckets) + 1]uint64
+	SumSeconds float64
+}
+
+// Count is the number of waits observed.
+func (h *WaitHistogram) Count() uint64 {
+	var n uint64
+	for _, c := range h.Counts {
+		n += c
+	}
+	return n
+}
+
+// waitCounters is the histogram's live form: written by the loop alone
+// with atomic adds, no lock and no allocation.
+type waitCounters struct {
+	counts [len(WaitBuckets) + 1]atomic.Uint64
+	sumNS  atomic.Uint64
+}
+
+func (w *waitCounters) observe(ns int64) {
+	if ns < 0 {
+		ns = 0
+	}
+	i := 0
+	for i < len(waitBucketNS) && ns > waitBucketNS[i] {
+		i++
+	}
+	w.counts[i].Add(1)
+	w.sumNS.Add(uint64(ns))
+}
+
+// CountUpgrade counts an upgrade in place that this engine took over.
+func (b *Broker) CountUpgrade() { b.stats.upgrades.Add(1) }
 
 // Stats returns a snapshot of the counters; safe from any goroutine.
 func (b *Broker) Stats() Stats {
@@ -121,16 +189,25 @@ func (b *Broker) Stats() Stats {
 		Waiting:     int(c.waiting.Load()),
 		Kept:        int(c.kept.Load()),
 		Conns:       int(c.conns.Load()),
+		Upgrades:    c.upgrades.Load(),
 	}
 	for i := range c.protocol {
 		s.ProtocolErrors[i] = c.protocol[i].Load()
 	}
+	for i := range c.waitingByMode {
+		s.WaitingByMode[i] = int(c.waitingByMode[i].Load())
+	}
+	for i := range c.wait.counts {
+		s.Wait.Counts[i] = c.wait.counts[i].Load()
+	}
+	s.Wait.SumSeconds = float64(c.wait.sumNS.Load()) / 1e9
 	return s
 }
 
 // Carry adds the totals of s, a previous engine's, to this one's, so that
 // the counters cover a daemon's whole run across upgrades and restarts.
-// The gauges (Waiting, Conns, Kept) follow the clients and are not carried.
+// The gauges (Waiting, Conns, Kept) follow the clients and are not
+// carried, nor is the wait histogram.
 func (b *Broker) Carry(s Stats) {
 	c := &b.stats
 	c.accepted.Add(s.Accepted)
@@ -144,6 +221,7 @@ func (b *Broker) Carry(s Stats) {
 	c.expired.Add(s.Expired)
 	c.restored.Add(s.Restored)
 	c.storeFailed.Add(s.StoreFailed)
+	c.upgrades.Add(s.Upgrades)
 	for i, n := range s.ProtocolErrors {
 		c.protocol[i].Add(n)
 	}

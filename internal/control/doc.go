@@ -13,6 +13,7 @@
 //	{"command":"log-level","level":"debug"}  (set it)
 //	{"command":"reload"}                     (reread the access policy)
 //	{"command":"upgrade"}                    (re-exec the binary, keeping every client)
+//	{"command":"metrics"}                    (the metrics, Prometheus text format)
 //	{"command":"stop"}
 //
 // The server answers with one JSON line and closes the connection:
@@ -25,7 +26,7 @@
 // [ReloadResult], or an error saying why the file was not taken (the old
 // policy stays); upgrade an [UpgradeResult] once the new binary passed its
 // check, or an error saying why it did not (the old process keeps
-// serving); stop a [StopResult], sent before the stop begins.
+// serving); metrics a [MetricsResult]; stop a [StopResult], sent before the stop begins.
 //
 // A request larger than [MaxRequestSize] bytes, one not complete within
 // [RequestTimeout] of the connection's acceptance, and one arriving while

@@ -38,6 +38,10 @@ type DaemonInfo struct {
 	// Policy returns the summary of the policy in force for status; nil
 	// reports "none".
 	Policy func() string
+
+	// Metrics renders the daemon's metrics in the Prometheus text format;
+	// nil answers that the daemon has none.
+	Metrics func() ([]byte, error)
 }
 
 // BrokerHandler returns a Handler that answers from b and info. b must be
@@ -136,6 +140,14 @@ func (h *brokerHandler) Upgrade() error {
 		return errors.New("this daemon cannot upgrade")
 	}
 	return h.info.Upgrade()
+}
+
+func (h *brokerHandler) Metrics() (string, error) {
+	if h.info.Metrics == nil {
+		return "", errors.New("this daemon has no metrics")
+	}
+	b, err := h.info.Metrics()
+	return string(b), err
 }
 
 func (h *brokerHandler) Stop() {

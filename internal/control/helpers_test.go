@@ -97,6 +97,10 @@ func (h *fakeHandler) Upgrade() error {
 	return errors.New("fake handler cannot upgrade")
 }
 
+func (h *fakeHandler) Metrics() (string, error) {
+	return "# TYPE one_socket_paired_total counter\none_socket_paired_total 3\n", nil
+}
+
 func (h *fakeHandler) Reload() (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

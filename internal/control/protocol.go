@@ -31,6 +31,7 @@ const (
 	CmdStop     = "stop"
 	CmdReload   = "reload"
 	CmdUpgrade  = "upgrade"
+	CmdMetrics  = "metrics"
 )
 
 // Request is a control request. Key is sent in base64, as encoding/json
@@ -118,6 +119,12 @@ type ReloadResult struct {
 // check and the daemon is re-executing it.
 type UpgradeResult struct {
 	Upgrading bool `json:"upgrading"`
+}
+
+// MetricsResult is the result of "metrics": the daemon's metrics in the
+// Prometheus text format, as --metrics-listen serves them.
+type MetricsResult struct {
+	Text string `json:"text"`
 }
 
 // StopResult is the result of "stop".

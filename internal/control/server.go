@@ -42,6 +42,8 @@ type Handler interface {
 	// begins the restart by re-exec and returns at once; on error nothing
 	// changes. Like Stop, it must not wait for Server.Close.
 	Upgrade() error
+	// Metrics returns the daemon's metrics in the Prometheus text format.
+	Metrics() (string, error)
 }
 
 // refuseTimeout bounds the write of a refusal, which the accepting
@@ -384,6 +386,13 @@ func (s *Server) handle(c *net.UnixConn, line []byte) (rep reply, after func()) 
 			return errorReply(err.Error()), nil
 		}
 		return okReply(UpgradeResult{Upgrading: true}), nil
+	case CmdMetrics:
+		s.debug(c, req.Command)
+		text, err := s.h.Metrics()
+		if err != nil {
+			return errorReply(err.Error()), nil
+		}
+		return okReply(MetricsResult{Text: text}), nil
 	case CmdStop:
 		s.audit(c, "control: stop requested")
 		return okReply(StopResult{Stopping: true}), s.h.Stop

@@ -419,3 +419,11 @@ func TestReload(t *testing.T) {
 	defer h.mu.Unlock()
 	assert.Equal(t, 2, h.reloads)
 }
+
+func TestMetrics(t *testing.T) {
+	s := startServer(t, newFake(), options{})
+	var mr control.MetricsResult
+	mustCall(t, s.path, control.Request{Command: control.CmdMetrics}, &mr)
+	assert.Equal(t, "# TYPE one_socket_paired_total counter\none_socket_paired_total 3\n", mr.Text)
+	assert.Contains(t, serverError(t, s.path, control.Request{Command: control.CmdMetrics, Level: "debug"}), "level")
+}

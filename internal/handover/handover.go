@@ -74,6 +74,7 @@ type Totals struct {
 	Denied         uint64            `json:"denied"`
 	OverQuota      uint64            `json:"over_quota"`
 	Expired        uint64            `json:"expired"`
+	Upgrades       uint64            `json:"upgrades,omitempty"`        // upgrades in place so far
 	ProtocolErrors map[string]uint64 `json:"protocol_errors,omitempty"` // by kind name
 }
 
@@ -81,7 +82,7 @@ type Totals struct {
 func TotalsOf(s broker.Stats) *Totals {
 	return &Totals{Accepted: s.Accepted, Paired: s.Paired, Refused: s.Refused, Shed: s.Shed,
 		TimedOut: s.TimedOut, Vanished: s.Vanished, Denied: s.Denied, OverQuota: s.OverQuota,
-		Expired: s.Expired, ProtocolErrors: s.ProtocolErrorsByName()}
+		Expired: s.Expired, Upgrades: s.Upgrades, ProtocolErrors: s.ProtocolErrorsByName()}
 }
 
 // Stats is t as an engine's counters, for broker.Carry; nil is none.
@@ -90,7 +91,8 @@ func (t *Totals) Stats() broker.Stats {
 		return broker.Stats{}
 	}
 	s := broker.Stats{Accepted: t.Accepted, Paired: t.Paired, Refused: t.Refused, Shed: t.Shed,
-		TimedOut: t.TimedOut, Vanished: t.Vanished, Denied: t.Denied, OverQuota: t.OverQuota, Expired: t.Expired}
+		TimedOut: t.TimedOut, Vanished: t.Vanished, Denied: t.Denied, OverQuota: t.OverQuota, Expired: t.Expired,
+		Upgrades: t.Upgrades}
 	s.SetProtocolErrorsByName(t.ProtocolErrors)
 	return s
 }

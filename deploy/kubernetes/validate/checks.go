@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path"
 	"regexp"
@@ -624,6 +625,7 @@ func checkBroker(r *report, objs []Object, b *Broker) {
 	checkProbe(r, p, c, "readiness", c.ReadinessProbe, b.CtlSocket)
 	checkProbe(r, p, c, "liveness", c.LivenessProbe, b.CtlSocket)
 	checkInit(r, b)
+	checkMetrics(r, objs, b)
 }
 
 // configMapKey returns the ConfigMap key a file of a configMap volume
@@ -1096,4 +1098,79 @@ func sameNode(a, b *Pod) bool {
 		}
 	}
 	return false
+}
+
+// checkMetrics checks that the broker's --metrics-listen, its container
+// port, the prometheus.io annotations of its pods and every PodMonitor
+// agree: the port is listened on, named, announced and scraped.
+func checkMetrics(r *report, objs []Object, b *Broker) {
+	p, c := b.Pod, b.Container
+	listen, ok := b.Flags["metrics-listen"]
+	if !ok {
+		for _, o := range objs {
+			if _, ok := o.Obj.(*PodMonitor); ok {
+				r.add(o, "a PodMonitor, but the broker has no --metrics-listen")
+			}
+		}
+		return
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		r.add(p, "--metrics-listen=%s: give :PORT, the pod's every address: %v", listen, err)
+		return
+	}
+	if host != "" {
+		r.add(p, "--metrics-listen=%s: a pod's address is not known in advance; give :%s", listen, port)
+	}
+	var named string
+	for _, cp := range c.Ports {
+		if strconv.Itoa(int(cp.ContainerPort)) == port {
+			named = cp.Name
+		}
+	}
+	if named == "" {
+		r.add(p, "--metrics-listen=%s: the broker container declares no port %s", listen, port)
+	}
+	ann := p.Owner.Meta().GetAnnotations()
+	if ds, ok := p.Owner.Obj.(*appsv1.DaemonSet); ok {
+		ann = ds.Spec.Template.Annotations
+	}
+	for k, v := range map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": "/metrics"} {
+		if ann[k] != v {
+			r.add(p, "annotation %s is %q; the broker's metrics want %q", k, ann[k], v)
+		}
+	}
+	for _, o := range objs {
+		pm, ok := o.Obj.(*PodMonitor)
+		if !ok {
+			continue
+		}
+		if pm.Namespace != p.Namespace && (pm.Spec.NamespaceSelector == nil ||
+			!(pm.Spec.NamespaceSelector.Any || slices.Contains(pm.Spec.NamespaceSelector.MatchNames, p.Namespace))) {
+			r.add(o, "selects no pod of namespace %s, the broker's", p.Namespace)
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&pm.Spec.Selector)
+		switch {
+		case err != nil:
+			r.add(o, "selector: %v", err)
+		case sel.Empty():
+			r.add(o, "an empty selector selects every pod")
+		case !sel.Matches(labels.Set(p.Labels)):
+			r.add(o, "the selector %s does not select the broker's pods (%v)", sel, p.Labels)
+		}
+		if len(pm.Spec.PodMetricsEndpoints) == 0 {
+			r.add(o, "no podMetricsEndpoints")
+		}
+		for _, ep := range pm.Spec.PodMetricsEndpoints {
+			if ep.Port != named || named == "" {
+				r.add(o, "endpoint port %q is not the broker's metrics port %q", ep.Port, named)
+			}
+			if ep.Path != "" && ep.Path != "/metrics" {
+				r.add(o, "endpoint path %q: the broker serves /metrics", ep.Path)
+			}
+			if ep.Scheme != "" && ep.Scheme != "http" {
+				r.add(o, "endpoint scheme %q: the broker serves plain HTTP", ep.Scheme)
+			}
+		}
+	}
 }

@@ -42,6 +42,7 @@ var scheme = func() *runtime.Scheme {
 		networkingv1.AddToScheme,
 		schedulingv1.AddToScheme,
 		admissionregistrationv1.AddToScheme,
+		addMonitoring,
 	} {
 		if err := add(s); err != nil {
 			panic(err)

@@ -20,6 +20,7 @@ func TestManifests(t *testing.T) {
 	require.Contains(t, files, "one-socket.yaml")
 	require.Contains(t, files, "example.yaml")
 	require.Contains(t, files, "vhost-user-blk.yaml")
+	require.Contains(t, files, "podmonitor.yaml")
 	objs, err := ParseAll(files)
 	require.NoError(t, err)
 
@@ -27,7 +28,7 @@ func TestManifests(t *testing.T) {
 	for _, o := range objs {
 		kinds[o.Kind()]++
 	}
-	assert.Equal(t, map[string]int{"Namespace": 3, "ServiceAccount": 1, "ConfigMap": 1, "DaemonSet": 1, "Pod": 4}, kinds)
+	assert.Equal(t, map[string]int{"Namespace": 3, "ServiceAccount": 1, "ConfigMap": 1, "DaemonSet": 1, "Pod": 4, "PodMonitor": 1}, kinds)
 
 	d, errs := Check(objs, want(t))
 	for _, err := range errs {
@@ -160,6 +161,14 @@ func TestCrossChecks(t *testing.T) {
 		name, file, old, new string
 		msgs                 []string
 	}{
+		{"metrics port not declared", "one-socket.yaml", "containerPort: 9731", "containerPort: 9732",
+			[]string{"--metrics-listen=:9731: the broker container declares no port 9731", `endpoint port "metrics" is not the broker's metrics port ""`}},
+		{"metrics annotation off", "one-socket.yaml", `prometheus.io/scrape: "true"`, `prometheus.io/scrape: "false"`,
+			[]string{`annotation prometheus.io/scrape is "false"; the broker's metrics want "true"`}},
+		{"PodMonitor on another port", "podmonitor.yaml", "    - port: metrics", "    - port: http",
+			[]string{`endpoint port "http" is not the broker's metrics port "metrics"`}},
+		{"PodMonitor selecting nothing", "podmonitor.yaml", "      app.kubernetes.io/component: broker\n  podMetricsEndpoints",
+			"      app.kubernetes.io/component: brokers\n  podMetricsEndpoints", []string{"does not select the broker's pods"}},
 		{"volume mount without volume", "one-socket.yaml",
 			"            - name: policy\n              mountPath: /etc/one-socket\n",
 			"            - name: polcy\n              mountPath: /etc/one-socket\n",
@@ -313,4 +322,15 @@ func TestCrossChecks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPodMonitorStrict checks that the PodMonitor decodes as strictly as
+// the built-in kinds: a misspelt field is refused.
+func TestPodMonitorStrict(t *testing.T) {
+	text := string(readManifests(t)["podmonitor.yaml"])
+	_, err := Parse("podmonitor.yaml", []byte(text))
+	require.NoError(t, err)
+	_, err = Parse("podmonitor.yaml", []byte(strings.Replace(text, "podMetricsEndpoints:", "podMetricEndpoints:", 1)))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `unknown field "spec.podMetricEndpoints"`)
 }
