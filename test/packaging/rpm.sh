@@ -110,6 +110,19 @@ $unitdir/one-socket.socket
 /usr/share/licenses/one-socket
 /usr/share/licenses/one-socket/LICENSE
 /usr/share/licenses/one-socket/LICENSE.go
+/usr/share/licenses/one-socket/github.com_beorn7_perks-LICENSE
+/usr/share/licenses/one-socket/github.com_cespare_xxhash_v2-LICENSE.txt
+/usr/share/licenses/one-socket/github.com_munnerz_goautoneg-LICENSE
+/usr/share/licenses/one-socket/github.com_prometheus_client_golang-LICENSE
+/usr/share/licenses/one-socket/github.com_prometheus_client_golang-NOTICE
+/usr/share/licenses/one-socket/github.com_prometheus_client_model-LICENSE
+/usr/share/licenses/one-socket/github.com_prometheus_client_model-NOTICE
+/usr/share/licenses/one-socket/github.com_prometheus_common-LICENSE
+/usr/share/licenses/one-socket/github.com_prometheus_common-NOTICE
+/usr/share/licenses/one-socket/github.com_prometheus_procfs-LICENSE
+/usr/share/licenses/one-socket/github.com_prometheus_procfs-NOTICE
+/usr/share/licenses/one-socket/golang.org_x_sys-LICENSE
+/usr/share/licenses/one-socket/google.golang.org_protobuf-LICENSE
 /usr/share/man/man8/one-socket.8
 /usr/share/man/man8/one-socketctl.8" "$(file_list "$rpm_daemon")"
 
