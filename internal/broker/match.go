@@ -117,7 +117,6 @@ func (l *loop) park(fd int32, mode libspbroker.Mode, key []byte, s uint64) {
 	c.state = stWaiting
 	c.since = l.now
 	l.enqueue(fd)
-	l.b.stats.waiting.Add(1)
 	l.b.stats.waitingByMode[mode%libspbroker.ModeMax].Add(1)
 	if l.b.maxPerUID > 0 {
 		l.perUID[c.uid]++
@@ -171,7 +170,6 @@ func (l *loop) dequeue(fd int32) {
 	}
 	c.key = ""
 	c.state = stReading // no longer waiting; closed right after
-	l.b.stats.waiting.Add(-1)
 	l.b.stats.waitingByMode[c.mode%libspbroker.ModeMax].Add(-1)
 	l.unlist(fd)
 }

@@ -111,8 +111,8 @@ type counters struct {
 	accepted, paired, refused, timedOut, vanished atomic.Uint64
 	denied, overQuota, expired, shed              atomic.Uint64
 	restored, storeFailed, upgrades               atomic.Uint64
-	waiting, conns, kept                          atomic.Int64
-	waitingByMode                                 [NumModes]atomic.Int64
+	conns, kept                                   atomic.Int64
+	waitingByMode                                 [NumModes]atomic.Int64 // Waiting is their sum
 	protocol                                      [numErrKinds]atomic.Uint64
 	wait                                          waitCounters
 }
@@ -186,7 +186,6 @@ func (b *Broker) Stats() Stats {
 		Expired:     c.expired.Load(),
 		Restored:    c.restored.Load(),
 		StoreFailed: c.storeFailed.Load(),
-		Waiting:     int(c.waiting.Load()),
 		Kept:        int(c.kept.Load()),
 		Conns:       int(c.conns.Load()),
 		Upgrades:    c.upgrades.Load(),
@@ -196,6 +195,7 @@ func (b *Broker) Stats() Stats {
 	}
 	for i := range c.waitingByMode {
 		s.WaitingByMode[i] = int(c.waitingByMode[i].Load())
+		s.Waiting += s.WaitingByMode[i]
 	}
 	for i := range c.wait.counts {
 		s.Wait.Counts[i] = c.wait.counts[i].Load()
