@@ -138,14 +138,10 @@ func TestGetPairRetriesRefused(t *testing.T) {
 	retries := watchRetries(t)
 	path := filepath.Join(shortDir(t), "one.socket")
 	fd := unlistenedSocketFD(t, path)
-	type result struct {
-		f   *os.File
-		err error
-	}
-	done := make(chan result, 1)
+	done := make(chan pairResult, 1)
 	go func() {
 		f, err := (&spb.Config{MaxBackoff: 20 * time.Millisecond}).GetPair(context.Background(), path, []byte("k"), spb.ModeNone)
-		done <- result{f, err}
+		done <- pairResult{f, err}
 	}()
 	retries.waitFor(t, unix.ECONNREFUSED)
 
@@ -155,6 +151,13 @@ func TestGetPairRetriesRefused(t *testing.T) {
 	got, err := p.readN(spb.MessageSize)
 	require.NoError(t, err)
 	require.Equal(t, getPairWire([]byte("k"), spb.ModeNone), got)
+	answerSetPair(t, p, done)
+}
+
+// answerSetPair sends a SET_PAIR with one end of a fresh socketpair on p,
+// and checks that the GetPair reporting to done returns the other end.
+func answerSetPair(t *testing.T, p *fakePeer, done <-chan pairResult) {
+	t.Helper()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
 	defer unix.Close(pair[1])
@@ -184,15 +187,7 @@ func TestGetPairRetriesClosedConnection(t *testing.T) {
 	got, err := p.readN(spb.MessageSize)
 	require.NoError(t, err)
 	require.Equal(t, getPairWire([]byte("again"), spb.ModeClient), got)
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	defer unix.Close(pair[1])
-	require.NoError(t, p.send(setPairWire(nil), pair[:1]))
-	unix.Close(pair[0])
-	r := <-done
-	require.NoError(t, r.err)
-	defer r.f.Close()
-	requireConnected(t, int(r.f.Fd()), pair[1])
+	answerSetPair(t, p, done)
 }
 
 // The daemon, a real process, is killed with SIGKILL while a client waits
