@@ -177,17 +177,24 @@ func writePolicy(t *testing.T, text string) {
 // execPath is the daemon's path in the unit's ExecStart=.
 var execPath = regexp.MustCompile(`path=(\S+)`)
 
-// TestPolicy: with a drop-in adding --policy, a broken policy file fails
-// the start, with the mistake in the journal; at a reload it is refused
-// and the policy in force stays, which the pairings it allows show.
-func TestPolicy(t *testing.T) {
-	inside(t)
+// withPolicy adds --policy policyFile to the unit's ExecStart= in a
+// drop-in, as an operator would, and reloads systemd.
+func withPolicy(t *testing.T) {
+	t.Helper()
 	m := execPath.FindStringSubmatch(prop(t, service, "ExecStart"))
 	require.NotNil(t, m, "ExecStart of %s", service)
 	require.NoError(t, os.MkdirAll(filepath.Dir(policyDropIn), 0o755))
 	require.NoError(t, os.WriteFile(policyDropIn, []byte(fmt.Sprintf(
 		"[Service]\nExecStart=\nExecStart=%s --fdstore --policy %s\n", m[1], policyFile)), 0o644))
 	run(t, "systemctl", "daemon-reload")
+}
+
+// TestPolicy: with a drop-in adding --policy, a broken policy file fails
+// the start, with the mistake in the journal; at a reload it is refused
+// and the policy in force stays, which the pairings it allows show.
+func TestPolicy(t *testing.T) {
+	inside(t)
+	withPolicy(t)
 
 	// Broken at start. Restart=on-failure tries again a few times, until
 	// the start limit leaves the unit failed.
@@ -266,12 +273,7 @@ func TestSecurity(t *testing.T) {
 // is stripped.
 func TestJournal(t *testing.T) {
 	inside(t)
-	m := execPath.FindStringSubmatch(prop(t, service, "ExecStart"))
-	require.NotNil(t, m, "ExecStart of %s", service)
-	require.NoError(t, os.MkdirAll(filepath.Dir(policyDropIn), 0o755))
-	require.NoError(t, os.WriteFile(policyDropIn, []byte(fmt.Sprintf(
-		"[Service]\nExecStart=\nExecStart=%s --fdstore --policy %s\n", m[1], policyFile)), 0o644))
-	run(t, "systemctl", "daemon-reload")
+	withPolicy(t)
 	writePolicy(t, "allow key=good-*\n")
 	run(t, "systemctl", "start", brokerUnit, controlUnit, service)
 	waitRunning(t, "the service", "")
