@@ -249,8 +249,11 @@ func pairOnce(t *testing.T, key string) {
 // pairErr pairs two clients on key, each asking again through a restart
 // as GetPair does, and checks the pair; it reports what failed instead of
 // failing the test, for the goroutines that make load.
-func pairErr(key string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+func pairErr(key string) error { return pairWithin(key, time.Minute) }
+
+// pairWithin is pairErr giving up after d.
+func pairWithin(key string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	type result struct {
 		f   *os.File

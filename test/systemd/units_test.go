@@ -88,9 +88,11 @@ func TestKill(t *testing.T) {
 	waitWaiting(t, crowd)
 	waitKept(t, crowd)
 	// Pairs made without pause through the kill: those in flight then
-	// are asked again by GetPair, and every one must end paired.
+	// are asked again by GetPair, and end paired, but for one the kill
+	// may catch between its two SET_PAIRs (doc/one-socket.md, Surviving
+	// a crash): its waiter gets a dead end and its newcomer waits on.
 	stop := make(chan struct{})
-	var loadPairs atomic.Int64
+	var loadPairs, loadFailed atomic.Int64
 	var loadErr atomic.Value
 	var load sync.WaitGroup
 	for g := range 2 {
@@ -103,9 +105,13 @@ func TestKill(t *testing.T) {
 					return
 				default:
 				}
-				if err := pairErr(fmt.Sprintf("load-%d-%d", g, i)); err != nil {
-					loadErr.Store(err)
-					return
+				if err := pairWithin(fmt.Sprintf("load-%d-%d", g, i), 15*time.Second); err != nil {
+					if loadFailed.Add(1) > 1 {
+						loadErr.Store(err)
+						return
+					}
+					t.Logf("a pairing caught by the kill between its SET_PAIRs: %v", err)
+					continue
 				}
 				loadPairs.Add(1)
 			}
