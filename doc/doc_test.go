@@ -34,7 +34,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testutil.RepoMain(m, "doc", "one-socket-doc", func(root, work string) { repoRoot, workDir = root, work }))
+	os.Exit(testutil.RepoMain(m, "doc", "one-socket-doc", func(root, work string) error {
+		repoRoot, workDir = root, work
+		return nil
+	}))
 }
 
 var (
