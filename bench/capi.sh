@@ -19,9 +19,7 @@ while getopts "n:p:h" opt; do
 done
 
 top=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-trap 'if [ -n "$bpid" ]; then kill "$bpid"; wait "$bpid" || true; fi; rm -rf "$work"' EXIT
-bpid=
+. "$top/bench/common.sh"
 cc=${CC:-cc}
 
 cd "$top"
@@ -35,7 +33,7 @@ export PKG_CONFIG_PATH
 # go: pkg-config spbroker, the Go c-archive; nogo: spbroker-c.
 pkg() { case $1 in go) echo spbroker ;; nogo) echo spbroker-c ;; esac; }
 archive() { echo "$(pkg-config --variable=libdir "$(pkg "$1")")/lib$(pkg "$1").a"; }
-go build -o "$work/one-socket" ./cmd/one-socket
+build_tools one-socket
 
 size() { stat -c %s "$1"; }
 cp "$(archive nogo)" "$work/nogo-stripped.a"
@@ -61,10 +59,7 @@ cp "$work/plain" "$work/plain.stripped"; strip "$work/plain.stripped"
 echo "host_bytes plain=$(size "$work/plain") go=$(size "$work/trivial-go") runtime_free=$(size "$work/trivial-nogo")" \
 	"stripped: plain=$(size "$work/plain.stripped") go=$(size "$work/trivial-go.stripped") runtime_free=$(size "$work/trivial-nogo.stripped")"
 
-sock=$work/one.socket
-"$work/one-socket" --socket "$sock" --log-level warn &
-bpid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+start_broker --log-level warn
 
 for b in go nogo; do
 	# shellcheck disable=SC2046

@@ -1,6 +1,7 @@
 # Sourced by the bench scripts: a scratch directory removed at exit, the
 # load tools and the daemon built into it, and a broker started on demand.
-# Expects $top (the repository) and $shared (the shared bench directory).
+# Expects $top (the repository) and, to build spload, $shared (the shared
+# bench directory).
 
 work=$(mktemp -d)
 bpid=
@@ -12,10 +13,25 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
-# build_tools builds spload, the daemon and loadtool into $work.
+# build_tools [TOOL...] builds the tools named (spload, one-socket,
+# one-socketctl, loadtool, relaybench; by default spload, the daemon and
+# loadtool) into $work, the Go ones in one go build, and raises the soft
+# descriptor limit to the hard one. The environment's CC and CGO_ENABLED
+# apply.
 build_tools() {
-	"${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$work/spload" "$shared/spload.c"
-	(cd "$top" && go build -o "$work/one-socket" ./cmd/one-socket && go build -o "$work/loadtool" ./bench/loadtool)
+	local tool pkgs=()
+	[ $# -gt 0 ] || set -- spload one-socket loadtool
+	for tool in "$@"; do
+		case $tool in
+		spload) "${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$work/spload" "$shared/spload.c" ;;
+		one-socket | one-socketctl) pkgs+=("./cmd/$tool") ;;
+		loadtool | relaybench) pkgs+=("./bench/$tool") ;;
+		*) echo "build_tools: no tool $tool" >&2; return 1 ;;
+		esac
+	done
+	if [ ${#pkgs[@]} -gt 0 ]; then
+		(cd "$top" && go build -o "$work/" "${pkgs[@]}")
+	fi
 	ulimit -n "$(ulimit -Hn)"
 }
 

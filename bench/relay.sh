@@ -28,9 +28,7 @@ done
 shift $((OPTIND - 1))
 
 . "$top/bench/common.sh"
-(cd "$top" && go build -o "$work/one-socket" ./cmd/one-socket &&
-	go build -o "$work/one-socketctl" ./cmd/one-socketctl &&
-	go build -o "$work/relaybench" ./bench/relaybench)
+build_tools one-socket one-socketctl relaybench
 start_broker --ctl-socket none --log-level warn 2>"$work/broker.log"
 
 echo "commit $(git -C "$top" describe --always --dirty), $(nproc) CPUs, kernel $(uname -r)," \

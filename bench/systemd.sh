@@ -42,15 +42,20 @@ if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
 	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$rootfs.new" >/dev/null
 	mv "$rootfs.new" "$rootfs"
 fi
-work=$(mktemp -d /var/tmp/one-socket-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-root=$work/root
+. "$top/bench/common.sh"
+# The booted copy is large: it goes to /var/tmp, not to $work.
+boot=$(mktemp -d /var/tmp/one-socket-bench.XXXXXX)
+trap 'rm -rf "$boot"; bench_cleanup' EXIT
+root=$boot/root
 cp -a "$rootfs" "$root"
 
-# The daemon, the load tools and the units, as bench/common.sh builds them.
-"${CC:-cc}" -O2 -Wall -Wextra -pthread -o "$root/usr/local/bin/spload" "$shared/spload.c"
-(cd "$top" && CGO_ENABLED=0 go build -o "$root/usr/bin/one-socket" ./cmd/one-socket &&
-	CGO_ENABLED=0 go build -o "$root/usr/local/bin/loadtool" ./bench/loadtool)
+# The daemon and the load tools as bench/common.sh builds them, the Go
+# ones static (the container's C library is not the host's), and the units.
+# In a subshell, which keeps its descriptor limit to itself: the
+# container starts with the limit it always had.
+(CGO_ENABLED=0 build_tools)
+cp "$work/one-socket" "$root/usr/bin/"
+cp "$work/spload" "$work/loadtool" "$root/usr/local/bin/"
 units=$root/etc/systemd/system
 sed 's|@bindir@|/usr/bin|g' "$top/systemd/one-socket.service.in" >"$units/one-socket.service"
 cp "$top/systemd/one-socket.socket" "$top/systemd/one-socket-control.socket" "$units/"
@@ -102,9 +107,9 @@ chmod +x "$root/usr/local/bin/bench-inside"
 systemctl --root="$root" enable one-socket.socket one-socket-control.socket bench.service >/dev/null 2>&1
 
 timeout 900 systemd-nspawn -q -D "$root" -b --register=no --keep-unit --private-users=no \
-	--console=read-only </dev/null >"$work/console" 2>&1 || {
+	--console=read-only </dev/null >"$boot/console" 2>&1 || {
 	echo "systemd.sh: the boot failed" >&2
-	tail -40 "$work/console" >&2
+	tail -40 "$boot/console" >&2
 	exit 1
 }
-grep -a 'BENCH' "$work/console" | sed 's/^.*BENCH /  /'
+grep -a 'BENCH' "$boot/console" | sed 's/^.*BENCH /  /'

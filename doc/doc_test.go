@@ -4,13 +4,15 @@
 // the built programs print them in --help, are the ones README.md,
 // doc/one-socket.md, doc/one-socketctl.md and the manual pages describe;
 // that every Go block of doc/go.md compiles against the module from a
-// module of its own, as a user's program would; and that the hex dumps in
-// doc/protocol.md are what the encoder produces.
+// module of its own, as a user's program would; that the hex dumps in
+// doc/protocol.md are what the encoder produces; and that every sample log
+// line has the keys, in order, of the line a real daemon writes.
 //
 // Each failure names the file, the line where there is one, and what is
 // wrong. The tests build one-socket and one-socketctl once, into a
-// temporary directory, and run a go vet for doc/go.md; with a warm build
-// cache the whole package takes a few seconds.
+// temporary directory, run a go vet for doc/go.md and a daemon for each
+// kind of sample log line; with a warm build cache the whole package takes
+// a few seconds.
 package doc_test
 
 import (
@@ -32,7 +34,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testutil.RepoMain(m, "doc", "one-socket-doc", func(root, work string) { repoRoot, workDir = root, work }))
+	os.Exit(testutil.RepoMain(m, "doc", "one-socket-doc", func(root, work string) error {
+		repoRoot, workDir = root, work
+		return nil
+	}))
 }
 
 var (

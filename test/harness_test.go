@@ -39,7 +39,10 @@ var (
 
 func TestMain(m *testing.M) {
 	// Short: socket paths under it must fit in sun_path's 108 bytes.
-	os.Exit(testutil.RepoMain(m, "ctest", "spbc", func(root, work string) { repoRoot, workDir = root, work }))
+	os.Exit(testutil.RepoMain(m, "ctest", "spbc", func(root, work string) error {
+		repoRoot, workDir = root, work
+		return nil
+	}))
 }
 
 // tools names, for each command the suite runs, the Debian package that

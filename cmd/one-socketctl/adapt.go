@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/one-socket/one-socket/internal/relay"
-	"github.com/one-socket/one-socket/internal/scm"
 	"github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -71,17 +70,12 @@ func (o *options) checkAdapter() error {
 	return nil
 }
 
-// adapt joins the brokered socket f, which it owns, to the program the
+// adapt joins the brokered socket, which it owns, to the program the
 // adapter flags name, starting CMD if there is one, and returns the exit
 // status: CMD's when there is one. Without CMD, sigs brings SIGINT and
 // SIGTERM, which end the waits and the relay so that the deferred
 // clean-up (--listen's path) runs.
-func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *pathListener, sigs <-chan os.Signal) int {
-	brokered, err := scm.UnixConn(f)
-	if err != nil {
-		a.errorf("pair: %v", err)
-		return exitFailure
-	}
+func (a *app) adapt(brokered *net.UnixConn, key []byte, cmdPath string, o *options, ln *pathListener, sigs <-chan os.Signal) int {
 	wait := o.wait
 	if wait == 0 {
 		wait = defaultWait
@@ -89,6 +83,7 @@ func (a *app) adapt(f *os.File, key []byte, cmdPath string, o *options, ln *path
 	progName := "the program"
 	var prog *child
 	var own *net.UnixConn
+	var err error
 	switch {
 	case o.listeningFD:
 		progName = filepath.Base(o.exec[0])

@@ -339,6 +339,19 @@ func TestPairHandoff(t *testing.T) {
 	assert.Equal(t, 0, server.wait(), server.stderr.String())
 }
 
+// Two ends that both take, with no command: the brokered socket is what
+// each bridges to its standard input and output.
+func TestPairHandoffBridges(t *testing.T) {
+	be := startBackend(t)
+	a := start(t, testEnv(), strings.NewReader("from a\n"), "--socket", be.socket, "pair", "hb", "--handoff")
+	be.waitWaiting(t, 1)
+	b := start(t, testEnv(), strings.NewReader("from b\n"), "--socket", be.socket, "pair", "hb", "--handoff")
+	assert.Equal(t, 0, a.wait(), a.stderr.String())
+	assert.Equal(t, 0, b.wait(), b.stderr.String())
+	assert.Equal(t, "from b\n", a.stdout.String())
+	assert.Equal(t, "from a\n", b.stdout.String())
+}
+
 // Both ends hold a connection to a program: one relay remains, in the
 // end that receives the other's connection, and the echo still works.
 func TestPairHandoffBothHold(t *testing.T) {

@@ -78,41 +78,45 @@ func (a *app) pair(o *options) int {
 	// Asking again is the libraries' default: a broker that restarts
 	// (or is not up yet) costs the peer nothing but the wait.
 	cfg := &libspbroker.Config{NoRetry: o.noRetry}
-	f, err := cfg.GetPair(ctx, path, brokerKey, o.mode)
+	// A command without an adapter gets the socket itself, a descriptor;
+	// everything else here works on a connection.
+	var f *os.File
+	var conn *net.UnixConn
+	if o.exec != nil && !o.adapts() && !o.handoff {
+		f, err = cfg.GetPair(ctx, path, brokerKey, o.mode)
+	} else {
+		conn, err = cfg.GetPairConn(ctx, path, brokerKey, o.mode)
+	}
 	interrupted := sigCtx.Err() != nil
 	stopSignals()
 	if err != nil {
 		a.errorf("%s", describePairError(err, path, key, o, interrupted))
 		return exitFailure
 	}
-	if o.adapts() {
-		return a.adapt(f, key, cmdPath, o, ln, sigs)
-	}
-	if o.handoff {
-		if f, err = a.takeHandoff(f); err != nil {
+	switch {
+	case f != nil:
+		return a.runWithPair(f, key, cmdPath, o.exec)
+	case o.adapts():
+		return a.adapt(conn, key, cmdPath, o, ln, sigs)
+	case o.handoff:
+		res, err := relay.Handoff(conn, relay.Takes, nil)
+		if err != nil {
 			a.errorf("pair: %v", err)
 			return exitFailure
 		}
+		conn = res.Conn
 	}
 	if o.exec != nil {
+		// --handoff --exec: the command gets the connection handed over.
+		f, err := conn.File()
+		conn.Close()
+		if err != nil {
+			a.errorf("pair: %v", err)
+			return exitFailure
+		}
 		return a.runWithPair(f, key, cmdPath, o.exec)
 	}
-	return a.bridge(f)
-}
-
-// takeHandoff runs a Takes end's handoff on the brokered socket f, which
-// it consumes, and returns the connection its program is to use.
-func (a *app) takeHandoff(f *os.File) (*os.File, error) {
-	brokered, err := scm.UnixConn(f)
-	if err != nil {
-		return nil, err
-	}
-	res, err := relay.Handoff(brokered, relay.Takes, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Conn.Close()
-	return res.Conn.File()
+	return a.bridge(conn)
 }
 
 // describePairError says in words why no pair came, and, when attempts
@@ -176,19 +180,12 @@ func keyForMessage(key []byte) string {
 // style: at the end of stdin it shuts down the socket's sending side and
 // goes on reading. It returns once the peer has finished sending and
 // either stdin is all sent or the peer has closed its socket (so that
-// nobody reads any more). It owns and closes f.
+// nobody reads any more). It owns and closes conn.
 //
 // Returning at the peer's end of data alone would lose data: a peer that
 // half-closes after sending (as bridge does itself) is still reading, and
 // stdin's data may not have gone out yet.
-func (a *app) bridge(f *os.File) int {
-	nc, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		a.errorf("pair: %v", err)
-		return exitFailure
-	}
-	conn := nc.(*net.UnixConn)
+func (a *app) bridge(conn *net.UnixConn) int {
 	defer conn.Close()
 	gone, err := watchHangUp(conn)
 	if err != nil {

@@ -54,9 +54,6 @@ func idOf(fd int) (fileID, error) {
 	return fileID{s.Dev, s.Ino}, nil
 }
 
-// maxFDsPerMessage is the kernel's SCM_MAX_FD.
-const maxFDsPerMessage = scm.MaxFD
-
 // NewManager returns a Manager whose sockets live in dir; with sockets it
 // listens on BrokerPath and CtlPath itself, and passes them to each
 // instance as "broker" and "control".
@@ -120,20 +117,15 @@ func (m *Manager) Close() {
 func (m *Manager) receive() {
 	defer close(m.done)
 	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(maxFDsPerMessage*4))
+	oob := make([]byte, scm.OOBSize)
 	for {
 		n, oobn, _, _, err := m.notify.ReadMsgUnix(buf, oob)
 		if err != nil {
 			return
 		}
-		var fds []int
-		if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, cm := range cms {
-				if r, err := unix.ParseUnixRights(&cm); err == nil {
-					fds = append(fds, r...)
-				}
-			}
-		}
+		// What cannot be parsed is systemd's to ignore too; the
+		// descriptors read are handled below either way.
+		fds, _ := scm.Rights(oob[:oobn])
 		text := string(buf[:n])
 		vars := map[string]string{}
 		for line := range strings.SplitSeq(text, "\n") {

@@ -1,7 +1,9 @@
 package testutil
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,16 +113,14 @@ func (p *Proc) WaitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// RepoMain is the TestMain of a package one directory below the
-// repository's root: it finds the root, makes a temporary directory named
-// after prefix (short, so that socket paths under it fit in sun_path),
-// hands both to setup, runs the tests and removes the directory. name
-// prefixes its errors. It returns the exit status for os.Exit.
-func RepoMain(m *testing.M, name, prefix string, setup func(root, work string)) int {
-	root, err := filepath.Abs("..")
-	if err == nil {
-		_, err = os.Stat(filepath.Join(root, "go.mod"))
-	}
+// RepoMain is the TestMain of a package anywhere in the module: it finds
+// the module's root (the nearest directory up with a go.mod), makes a
+// temporary directory named after prefix (short, so that socket paths
+// under it fit in sun_path), hands both to setup, runs the tests unless
+// setup fails, and removes the directory. name prefixes its errors. It
+// returns the exit status for os.Exit.
+func RepoMain(m *testing.M, name, prefix string, setup func(root, work string) error) int {
+	root, err := moduleRoot()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: cannot find the repository root: %v\n", name, err)
 		return 1
@@ -131,6 +131,30 @@ func RepoMain(m *testing.M, name, prefix string, setup func(root, work string)) 
 		return 1
 	}
 	defer os.RemoveAll(work)
-	setup(root, work)
+	if err := setup(root, work); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 1
+	}
 	return m.Run()
+}
+
+// moduleRoot returns the nearest directory from the current one up that
+// holds a go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return "", errors.New("no go.mod in the current directory or above")
+		}
+		dir = up
+	}
 }

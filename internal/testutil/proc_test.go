@@ -3,6 +3,7 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -46,5 +47,16 @@ func TestKill(t *testing.T) {
 	q.Kill()
 	if !q.Exited() {
 		t.Fatal("Kill returned before the process exited")
+	}
+}
+
+// The module's root is found from a package two directories below it.
+func TestModuleRoot(t *testing.T) {
+	want, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := moduleRoot(); err != nil || got != want {
+		t.Fatalf("moduleRoot() = %q, %v; want %q", got, err, want)
 	}
 }

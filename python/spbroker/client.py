@@ -88,9 +88,10 @@ _RETRYABLE = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, B
 def default_socket_path() -> str:
     """Return the broker socket to use when nothing else says, as the daemon
     decides it: ``$ONE_SOCKET_PATH`` if set, else ``/run/one.socket`` for
-    root, else ``$XDG_RUNTIME_DIR/one.socket``. Empty variables count as
-    unset. Raises ``OSError`` (ENOENT) for a user other than root without
-    ``XDG_RUNTIME_DIR``."""
+    root, else ``$XDG_RUNTIME_DIR/one.socket``, cleaned as the daemon
+    cleans it (``/run/user//7/`` gives ``/run/user/7/one.socket``). Empty
+    variables count as unset. Raises ``OSError`` (ENOENT) for a user other
+    than root without ``XDG_RUNTIME_DIR``."""
     explicit = os.environ.get("ONE_SOCKET_PATH", "")
     if explicit:
         return explicit
@@ -103,7 +104,12 @@ def default_socket_path() -> str:
             "no socket path: XDG_RUNTIME_DIR is not set, so there is no default for a user other than root; "
             "set ONE_SOCKET_PATH",
         )
-    return os.path.join(runtime, "one.socket")
+    # The daemon's filepath.Join cleans the result: no "." or empty
+    # elements, ".." taken lexically, and (unlike normpath) no "//" start.
+    path = os.path.normpath(os.path.join(runtime, "one.socket"))
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return path
 
 
 def _address(path: PathArg) -> Union[str, bytes]:

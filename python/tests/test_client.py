@@ -6,13 +6,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import json
 import pathlib
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import unittest
 import uuid
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 from unittest import mock
 
 import spbroker
@@ -474,9 +478,6 @@ class ConnectTest(unittest.TestCase):
         self.assertEqual(fb.request, spbroker.new_get_pair(b"k", Mode.NONE).encode())
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class DefaultSocketPathTest(unittest.TestCase):
     """default_socket_path decides as the daemon and the Go package do."""
@@ -501,3 +502,113 @@ class DefaultSocketPathTest(unittest.TestCase):
             with self.assertRaises(OSError) as cm:
                 spbroker.default_socket_path()
             self.assertEqual(cm.exception.errno, errno.ENOENT)
+
+
+# The user the agreement test plays when run as root: one of the uids the
+# suites keep for another user (see cmd/one-socket's attack tests).
+OTHER_UID = 1001
+
+# The environments the agreement test compares in: ONE_SOCKET_PATH as it
+# comes (a trailing slash, relative, abstract) and XDG_RUNTIME_DIR written
+# every way a user might, neither, and both empty.
+PATH_CASES = [
+    {"ONE_SOCKET_PATH": "/tmp/explicit.socket"},
+    {"ONE_SOCKET_PATH": "/run/one-socket/", "XDG_RUNTIME_DIR": "/run/user/1001"},
+    {"ONE_SOCKET_PATH": "relative/one.socket"},
+    {"ONE_SOCKET_PATH": "./one.socket"},
+    {"ONE_SOCKET_PATH": "@abstract"},
+    {"ONE_SOCKET_PATH": "", "XDG_RUNTIME_DIR": "/run/user/1001"},
+    {"XDG_RUNTIME_DIR": "/run/user/1001/"},
+    {"XDG_RUNTIME_DIR": "/run/user//1001/./"},
+    {"XDG_RUNTIME_DIR": "//run/user/1001"},
+    {"XDG_RUNTIME_DIR": "/run/user/1001/sub/.."},
+    {"XDG_RUNTIME_DIR": "relative/dir"},
+    {"XDG_RUNTIME_DIR": "./run"},
+    {"XDG_RUNTIME_DIR": "../run"},
+    {},
+    {"ONE_SOCKET_PATH": "", "XDG_RUNTIME_DIR": ""},
+]
+
+def _as_user(uid: int) -> None:
+    """Become uid, with its uid as group and no other groups (root only)."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+class DefaultSocketPathAgreementTest(unittest.TestCase):
+    """default_socket_path gives what the Go package's DefaultSocketPath
+    (the daemon's paths.BrokerSocket) gives, in the same environment and as
+    the same user: each runs in a process of its own, as root and as
+    another user when the test runs as root, else as the test's user."""
+
+    def setUp(self) -> None:
+        # goenc where another user may run it; the build's directory is
+        # the test user's alone.
+        self.dir = support.short_tempdir()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.chmod(self.dir, 0o755)
+        self.goenc = shutil.copy(support.binaries()["goenc"], self.dir)
+
+    def go(self, uid: int, env: Dict[str, str]) -> dict:
+        """DefaultSocketPath's answer through goenc, run as uid with env
+        alone."""
+        kw: Dict[str, object] = {}
+        if uid != os.geteuid():
+            kw = {"user": uid, "group": uid, "extra_groups": []}
+        res = subprocess.run([self.goenc], input='{"op":"default_socket_path"}\n', env=env, cwd="/",
+                             capture_output=True, text=True, timeout=support.WAIT, **kw)
+        self.assertEqual(res.returncode, 0, "goenc as uid %d: %s" % (uid, res.stderr))
+        return json.loads(res.stdout)
+
+    def python(self, uid: int, env: Dict[str, str]) -> dict:
+        """default_socket_path's answer in a forked child that has become
+        uid and has env alone: another user may not be able to run this
+        interpreter (it may live in root's home)."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: answer, and never return into unittest
+            status = 1
+            try:
+                os.close(r)
+                if uid != os.geteuid():
+                    _as_user(uid)
+                os.environ.clear()
+                os.environ.update(env)
+                try:
+                    out = {"path": spbroker.default_socket_path()}
+                except OSError as e:
+                    out = {"errno": e.errno, "text": str(e)}
+                os.write(w, json.dumps(out).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child as uid %d failed" % uid)
+        return json.loads(data)
+
+    def agree(self, uid: int) -> None:
+        for case in PATH_CASES:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            env.update(case)
+            with self.subTest(uid=uid, env=case):
+                want, got = self.go(uid, env), self.python(uid, env)
+                if "error" in want:
+                    self.assertEqual(got.get("errno"), errno.ENOENT, "Go fails (%s); Python gives %s" % (want["error"]["text"], got))
+                else:
+                    self.assertEqual(got, {"path": want["path"]})
+
+    def test_as_test_user(self) -> None:
+        self.agree(os.geteuid())
+
+    def test_as_another_user(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("playing another user needs root")
+        self.agree(OTHER_UID)
+
+
+if __name__ == "__main__":
+    unittest.main()

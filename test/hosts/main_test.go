@@ -33,28 +33,17 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	var err error
 	// Short: the broker's socket lives in a directory of its own, but a
 	// long TMPDIR could still push paths past sun_path's 108 bytes.
-	workDir, err = os.MkdirTemp("", "hosts")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(workDir)
-	daemonBin = filepath.Join(workDir, "one-socket")
-	ctlBin = filepath.Join(workDir, "one-socketctl")
-	if err := testutil.Build(workDir+"/", nil,
-		"github.com/one-socket/one-socket/cmd/one-socket",
-		"github.com/one-socket/one-socket/cmd/one-socketctl"); err != nil {
-		fmt.Fprintf(os.Stderr, "building one-socket and one-socketctl: %v\n", err)
-		return 1
-	}
-	return m.Run()
+	os.Exit(testutil.RepoMain(m, "hosts", "hosts", func(root, work string) error {
+		workDir = work
+		daemonBin = filepath.Join(work, "one-socket")
+		ctlBin = filepath.Join(work, "one-socketctl")
+		if err := testutil.Build(work+"/", &testutil.BuildOptions{Dir: root}, "./cmd/one-socket", "./cmd/one-socketctl"); err != nil {
+			return fmt.Errorf("building one-socket and one-socketctl: %w", err)
+		}
+		return nil
+	}))
 }
 
 // cannotRun skips t for the reason given, or fails it when

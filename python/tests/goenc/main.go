@@ -9,6 +9,9 @@
 //	     {"message":{...}} for a valid message, with "error":{"kind":"size",
 //	     "field":"size","value":7,"text":"..."} added for an invalid one, or
 //	     the error alone when Decode refuses the length
+//	{"op":"default_socket_path"}
+//	  -> {"path":"..."} (DefaultSocketPath, in goenc's own environment and
+//	     user), or {"error":{"kind":"other","text":"..."}}
 //
 // It is a test helper, built by the Python test suite; nothing installs it.
 package main
@@ -57,6 +60,7 @@ type protoErr struct {
 
 type answer struct {
 	Hex     string    `json:"hex,omitempty"`
+	Path    string    `json:"path,omitempty"`
 	Message *message  `json:"message,omitempty"`
 	Error   *protoErr `json:"error,omitempty"`
 }
@@ -128,6 +132,12 @@ func serve(req *request) (*answer, error) {
 			ans.Error = describe(err)
 		}
 		return ans, nil
+	case "default_socket_path":
+		p, err := spb.DefaultSocketPath()
+		if err != nil {
+			return &answer{Error: &protoErr{Kind: "other", Text: err.Error()}}, nil
+		}
+		return &answer{Path: p}, nil
 	}
 	return nil, fmt.Errorf("unknown op %q", req.Op)
 }
