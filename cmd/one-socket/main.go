@@ -5,11 +5,11 @@
 // This package is the daemon's shell: flags and environment (flags.go),
 // socket files (listen.go), which passed socket is which (activation.go),
 // --detach (detach.go), --pidfile (pidfile.go), --log-file (logfile.go),
-// the control socket (control.go), process limits (runtime.go), the
-// upgrade by re-exec in place (upgrade.go), the file descriptor store
-// (fdstore.go), and the start-up, signals and shutdown that tie them
-// together (here). The pairing is internal/broker's, the service
-// manager's protocols internal/systemd's.
+// the control socket (control.go), process limits (limits.go), the
+// version (version.go), the upgrade by re-exec in place (upgrade.go), the
+// file descriptor store (fdstore.go), and the start-up, signals and
+// shutdown that tie them together (here). The pairing is
+// internal/broker's, the service manager's protocols internal/systemd's.
 //
 // See doc/one-socket.md and one-socket(8) for the operation guide.
 package main
