@@ -6,12 +6,12 @@
 // socket files (listen.go), --detach (detach.go), --pidfile (pidfile.go),
 // --log-file (logfile.go), the control socket (control.go), process
 // limits (limits.go), the version (version.go), the upgrade by re-exec in
-// place (upgrade.go) and its keeper (keeper.go), what a stop gives the
-// file descriptor store (fdstore.go), and the start-up, signals and
-// shutdown that tie them together (here). The pairing is
-// internal/broker's; the service manager's protocols internal/systemd's;
-// what is handed over, to the next program or the store, and under which
-// names internal/handover's.
+// place (upgrade.go), what a stop gives the file descriptor store
+// (fdstore.go), and the start-up, signals and shutdown that tie them
+// together (here). The pairing is internal/broker's; the service
+// manager's protocols internal/systemd's; what is handed over, to the
+// next program or the store, under which names, and the upgrade's keeper
+// internal/handover's.
 //
 // See doc/one-socket.md and one-socket(8) for the operation guide.
 package main
@@ -56,9 +56,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, handover.Version)
 		return 0
 	}
-	if len(args) > 0 && (args[0] == keeperFlag || args[0] == keeperArmed) {
-		// Hidden: the keeper of an upgrade (keeper.go).
-		return keep(args[0], args[1:])
+	if len(args) > 0 && (args[0] == handover.KeeperFlag || args[0] == handover.KeeperArmedFlag) {
+		// Hidden: the keeper of an upgrade (internal/handover's keeper.go).
+		return handover.RunKeeper(args[0], args[1:])
 	}
 	if len(args) > 0 && args[0] == handover.CheckFlag {
 		// Hidden: an upgrade asks the new binary whether it would start.
@@ -69,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// first of all: nothing this process starts may inherit them. A
 	// program taking over from an upgrade takes the State first, so that
 	// whatever fails from then on until it serves gives it back.
-	boot := &startup{fallback: handover.TakeFallback(), keeper: takeKeeper(), failed: os.Getenv(handover.EnvFailed)}
+	boot := &startup{fallback: handover.TakeFallback(), keeper: handover.TakeKeeper(), failed: os.Getenv(handover.EnvFailed)}
 	os.Unsetenv(handover.EnvFailed)
 	var err error
 	if boot.ho, err = handover.Take(); err != nil {
@@ -174,7 +174,7 @@ type startup struct {
 	report   *startReport       // the pipe to a --detach parent, or nil
 	ho       *handover.State    // what the previous program handed over, until it serves them; or nil
 	fallback handover.Fallback  // the previous program, to give ho back to
-	keeper   int                // the pipe to the upgrade's keeper (keeper.go), or -1
+	keeper   int                // the pipe to the upgrade's keeper, or -1
 	failed   string             // why a new program gave the clients back to this one, or ""
 	restored *handover.Restored // the clients taken back from the store, or nil
 	// Found before the log exists, reported once it does.
@@ -697,7 +697,7 @@ func (s *startup) giveBack(why error, env []string) {
 		return
 	}
 	// The previous binary is known to serve: the keeper may go.
-	releaseKeeper(s.keeper)
+	handover.ReleaseKeeper(s.keeper)
 	s.keeper = -1
 	reason := strings.ReplaceAll(why.Error(), "\n", " ")
 	env = append(handover.WithoutEnv(os.Environ(), handover.EnvFailed, "NOTIFY_SOCKET"),

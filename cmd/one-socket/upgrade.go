@@ -204,7 +204,7 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 		return fmt.Errorf("opening this binary for a fallback: %w", os.NewSyscallError("open", err))
 	}
 	defer unix.Close(self)
-	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", envKeeper),
+	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", handover.EnvKeeper),
 		handover.FallbackEnv(self, os.Args)...)
 	// Unset at start; the new program needs it for READY=1.
 	env = append(env, d.notify.Env()...)
@@ -213,9 +213,12 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 	// dies outright; not one older than the keeper, which would never
 	// release it (and the keeper's copies would hold every client open).
 	if d.store == nil && !d.legacyTarget {
-		if k := d.startKeeper(h); k >= 0 {
-			defer releaseKeeper(k) // only reached if the exec failed
-			env = append(env, envKeeper+"="+strconv.Itoa(k))
+		if k, err := handover.StartKeeper(h, os.Args, d.notify.Env()); err != nil {
+			// The upgrade goes on without one.
+			d.log.Warn("no keeper for the upgrade", "err", err)
+		} else {
+			defer handover.ReleaseKeeper(k) // only reached if the exec failed
+			env = append(env, handover.EnvKeeper+"="+strconv.Itoa(k))
 			keep = append(keep, k)
 		}
 	}
@@ -317,7 +320,7 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	if d.store != nil {
 		handover.ForgetStored(d.notify, nil, d.notifyFailed)
 	}
-	releaseKeeper(boot.keeper)
+	handover.ReleaseKeeper(boot.keeper)
 	if d.pidf != nil && d.pidf.f != nil {
 		// After a keeper took over, the pid is the keeper's.
 		if err := d.pidf.write(os.Getpid()); err != nil {

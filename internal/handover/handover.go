@@ -11,10 +11,10 @@
 //
 // Around the format, the package holds how each hand-over is carried: the
 // exec of an upgrade and the fallback to the previous binary (exec.go),
-// and, under systemd, what the service manager passes back and under
-// which names (passed.go), what a stop puts in its file descriptor store
-// and how a start takes it back (fdstore.go, store.go), and the waiting
-// clients kept there for a crash (crash.go).
+// the upgrade's keeper (keeper.go), and, under systemd, what the service
+// manager passes back and under which names (passed.go), what a stop puts
+// in its file descriptor store and how a start takes it back (fdstore.go,
+// store.go), and the waiting clients kept there for a crash (crash.go).
 // internal/systemd carries the messages; the engine, internal/broker,
 // knows none of this.
 package handover

@@ -13,14 +13,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The tests run this test binary as the other process of a hand-over:
-// the next instance a service manager starts with its store, which takes
-// what was passed (TakePassed, TakeStored) when given helperRestart.
-const helperRestart = "handover-test-restart"
+// The tests run this test binary as the other processes of a hand-over:
+// the keeper's two stages, the program the keeper gives the clients back
+// to, and the next instance a service manager starts with its store.
+const (
+	helperTakeBack = "handover-test-take-back" // after a keeper: Take, then answer each client
+	helperRestart  = "handover-test-restart"   // under a manager: TakePassed and TakeStored
+)
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
+		case KeeperFlag, KeeperArmedFlag:
+			os.Exit(RunKeeper(os.Args[1], os.Args[2:]))
+		case helperTakeBack:
+			os.Exit(takeBack())
 		case helperRestart:
 			os.Exit(restart())
 		}
@@ -33,6 +40,23 @@ func TestMain(m *testing.M) {
 func answer(fd int, key []byte, why string) error {
 	_, err := unix.Write(fd, []byte(string(key)+"|"+why))
 	return err
+}
+
+// takeBack is the program a keeper executes with the clients: it takes
+// the State and answers every client.
+func takeBack() int {
+	s, err := Take()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "take back:", err)
+		return 1
+	}
+	for _, c := range s.Conns {
+		if err := answer(c.FD, c.Key, os.Getenv(EnvFailed)); err != nil {
+			fmt.Fprintln(os.Stderr, "take back:", err)
+			return 1
+		}
+	}
+	return 0
 }
 
 // restartReport is what the next instance took back, as restart prints it.
