@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 
@@ -144,56 +143,4 @@ func TestDetachRefusesActivation(t *testing.T) {
 	d := socketActivate(t, []activation{{sockPath(t), "broker"}}, nil, "--detach")
 	assert.Equal(t, 1, d.wait())
 	assert.Contains(t, d.stderr.String(), "--detach cannot be used with socket activation")
-}
-
-// TestTakeActivatedUnsets checks that the LISTEN_* variables are gone
-// after takeActivated, whether they were meant for this process or not,
-// so that nothing the daemon starts inherits them.
-func TestTakeActivatedUnsets(t *testing.T) {
-	for _, env := range []map[string]string{
-		{"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "broker:control"},
-		{"LISTEN_PID": strconv.Itoa(os.Getpid()), "LISTEN_FDS": "0", "LISTEN_FDNAMES": ""},
-		{"LISTEN_FDS": "1"},
-	} {
-		for k, v := range env {
-			t.Setenv(k, v)
-		}
-		act, err := takeActivated(os.Getpid())
-		require.NoError(t, err)
-		assert.Nil(t, act)
-		for _, k := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
-			_, ok := os.LookupEnv(k)
-			assert.False(t, ok, "%s is still set", k)
-		}
-	}
-}
-
-// TestActivationRoles checks how passed descriptors are told apart by
-// name, with the file descriptor store's clients and state among them.
-func TestActivationRoles(t *testing.T) {
-	for _, tt := range []struct {
-		names []string
-		roles []string // nil: an error containing err
-		err   string
-	}{
-		{[]string{""}, []string{"broker"}, ""},
-		{[]string{"one-socket.socket"}, []string{"broker"}, ""},
-		{[]string{"control"}, []string{"control"}, ""},
-		{[]string{"control", "broker"}, []string{"control", "broker"}, ""},
-		{[]string{"broker", "control", "client", "client", "state"},
-			[]string{"broker", "control", "client", "client", "state"}, ""},
-		// A unit's socket without FileDescriptorName=, then the store.
-		{[]string{"one-socket.socket", "client", "state"}, []string{"broker", "client", "state"}, ""},
-		{[]string{"broker", "state", "state"}, nil, `more than one descriptor named "state"`},
-		{[]string{"", ""}, nil, "2 sockets passed and socket 0 has no name"},
-		{[]string{"broker", "vhost"}, nil, `socket 1 is named "vhost"`},
-	} {
-		roles, err := activationRoles(tt.names)
-		if tt.roles == nil {
-			assert.ErrorContains(t, err, tt.err, "%q", tt.names)
-			continue
-		}
-		require.NoError(t, err, "%q", tt.names)
-		assert.Equal(t, tt.roles, roles, "%q", tt.names)
-	}
 }

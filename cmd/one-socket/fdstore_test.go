@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/handover"
 	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
@@ -59,11 +60,12 @@ func (m *manager) startBinary(bin string, args ...string) *daemon {
 	return d
 }
 
-// waiters counts the clients kept in the store one by one (crash.go).
+// waiters counts the clients kept in the store one by one, under
+// waiters' names (internal/handover's crash.go).
 func (m *manager) waiters() int {
 	n := 0
 	for _, name := range m.Names() {
-		if _, ok := waiterID(name); ok {
+		if _, ok := handover.WaiterID(name); ok {
 			n++
 		}
 	}
@@ -117,8 +119,8 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	// The waiters were kept one by one as they began to wait; the stop
 	// added the one still sending, and the description of all.
 	assert.Equal(t, 41, m.waiters())
-	assert.Equal(t, 1, m.Count(fdNameClient))
-	assert.Equal(t, 1, m.Count(fdNameState))
+	assert.Equal(t, 1, m.Count(handover.FDNameClient))
+	assert.Equal(t, 1, m.Count(handover.FDNameState))
 	assert.Equal(t, 42, int(logCounter(t, d1.stderr.String(), "accepted")))
 
 	// While no daemon runs: one waiter gives up, the half request is
@@ -131,7 +133,7 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	d2 := m.start("--fdstore")
 	line := d2.waitLog("clients taken back from the service manager")
 	assert.Contains(t, line, "clients=41 stored=42 kept=0 hung_up=1 unknown=0 after=stop counters=carried policy=none")
-	assert.Zero(t, m.Count(fdNameClient)+m.Count(fdNameState), "the new instance emptied the store of what the stop put there")
+	assert.Zero(t, m.Count(handover.FDNameClient)+m.Count(handover.FDNameState), "the new instance emptied the store of what the stop put there")
 
 	pairWaiters(t, m.BrokerPath, append(ws, late...))
 	// The half-sent request became a waiter like the others.
@@ -153,7 +155,7 @@ func TestIntegrationFDStoreRestart(t *testing.T) {
 	// the second 45 (41 peers, the late client, the half's peer, a pair).
 	assert.Equal(t, 42+45, int(logCounter(t, d2.stderr.String(), "accepted")))
 	// No client left, but the description goes on carrying the counters.
-	assert.Equal(t, []string{fdNameState}, m.Names())
+	assert.Equal(t, []string{handover.FDNameState}, m.Names())
 }
 
 // receiveSetPair reads a SET_PAIR on a raw connection and returns the
@@ -194,7 +196,7 @@ func TestIntegrationFDStoreOwnSockets(t *testing.T) {
 	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=5 stored=5 ")
 	pairWaiters(t, m.BrokerPath, append(ws, late...))
 	waitWaiting(t, m.CtlPath, 0)
-	m.waitNames(fdNameBroker, fdNameControl) // the listeners stay in the store
+	m.waitNames(handover.FDNameBroker, handover.FDNameControl) // the listeners stay in the store
 
 	// A stop for good: the manager closes its store, as systemd does
 	// once the unit is inactive; the next start serves the stale path.
@@ -222,13 +224,13 @@ func TestIntegrationFDStoreBadState(t *testing.T) {
 			require.NoError(t, unix.SetNonblock(pair[0], true)) // for the read deadline
 			peer := os.NewFile(uintptr(pair[0]), "peer")
 			defer peer.Close()
-			m.Add(os.NewFile(uintptr(pair[1]), fdNameClient), fdNameClient)
+			m.Add(os.NewFile(uintptr(pair[1]), handover.FDNameClient), handover.FDNameClient)
 			if tt.state != "" {
 				mfd, err := unix.MemfdCreate("state", unix.MFD_CLOEXEC)
 				require.NoError(t, err)
 				_, err = unix.Write(mfd, []byte(tt.state))
 				require.NoError(t, err)
-				m.Add(os.NewFile(uintptr(mfd), fdNameState), fdNameState)
+				m.Add(os.NewFile(uintptr(mfd), handover.FDNameState), handover.FDNameState)
 			}
 			d := m.start("--fdstore")
 			assert.Contains(t, d.waitLog("cannot take back the stored clients"), tt.want)
@@ -260,18 +262,6 @@ func TestIntegrationFDStoreNeedsManager(t *testing.T) {
 	assert.Error(t, err, "the waiter is disconnected")
 }
 
-// TestFDStoreWanted checks when stops use the store.
-func TestFDStoreWanted(t *testing.T) {
-	env := func(v string) func(string) string {
-		return func(string) string { return v }
-	}
-	assert.True(t, fdStoreWanted(true, env("")))
-	assert.True(t, fdStoreWanted(false, env("64")))
-	assert.False(t, fdStoreWanted(false, env("0")))
-	assert.False(t, fdStoreWanted(false, env("")))
-	assert.False(t, fdStoreWanted(false, env("many")))
-}
-
 // TestIntegrationFDStoreUpgradeCrash upgrades a daemon that has a file
 // descriptor store to a binary that passes every check and then dies
 // outright (SIGKILL), which no fallback can help: the clients wait in the
@@ -291,7 +281,7 @@ func TestIntegrationFDStoreUpgradeCrash(t *testing.T) {
 	// Each waiter's copy stays in the store, for a crash of the new program.
 	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=5 waiting=5 kept=5 counters=carried policy=none ")
 	m.waitFor("READY=1")
-	require.Eventually(t, func() bool { return m.Count(fdNameClient) == 0 && m.Count(fdNameState) == 0 },
+	require.Eventually(t, func() bool { return m.Count(handover.FDNameClient) == 0 && m.Count(handover.FDNameState) == 0 },
 		20*time.Second, 10*time.Millisecond, "the new program left the clients in the store: %v", m.Names())
 
 	// Then one that dies.
@@ -305,7 +295,7 @@ func TestIntegrationFDStoreUpgradeCrash(t *testing.T) {
 	// Each waiter is in the store under its own name since it began to
 	// wait; nothing else needed storing.
 	assert.Equal(t, 5, m.waiters(), "the clients are in the store: %q", m.Names())
-	assert.Zero(t, m.Count(fdNameClient)+m.Count(fdNameState))
+	assert.Zero(t, m.Count(handover.FDNameClient)+m.Count(handover.FDNameState))
 
 	d2 := m.start("--fdstore")
 	assert.Contains(t, d2.waitLog("clients taken back from the service manager"), "clients=5 stored=0 kept=5 hung_up=0 unknown=0")

@@ -182,3 +182,12 @@ func (sf *socketFile) remove() (bool, error) {
 	}
 	return true, nil
 }
+
+// listenerPath returns the address a listener is bound to: a file path,
+// or "@name" for an abstract socket.
+func listenerPath(ln *net.UnixListener) string {
+	if a, ok := ln.Addr().(*net.UnixAddr); ok && a.Name != "" {
+		return a.Name
+	}
+	return "(unnamed)"
+}

@@ -3,13 +3,15 @@
 // same key and compatible modes the two ends of a fresh socketpair.
 //
 // This package is the daemon's shell: flags and environment (flags.go),
-// socket files (listen.go), which passed socket is which (activation.go),
-// --detach (detach.go), --pidfile (pidfile.go), --log-file (logfile.go),
-// the control socket (control.go), process limits (runtime.go), the
-// upgrade by re-exec in place (upgrade.go), the file descriptor store
+// socket files (listen.go), --detach (detach.go), --pidfile (pidfile.go),
+// --log-file (logfile.go), the control socket (control.go), process
+// limits (limits.go), the version (version.go), the upgrade by re-exec in
+// place (upgrade.go), what a stop gives the file descriptor store
 // (fdstore.go), and the start-up, signals and shutdown that tie them
-// together (here). The pairing is internal/broker's, the service
-// manager's protocols internal/systemd's.
+// together (here). The pairing is internal/broker's; the service
+// manager's protocols internal/systemd's; what is handed over, to the
+// next program or the store, under which names, and the upgrade's keeper
+// internal/handover's.
 //
 // See doc/one-socket.md and one-socket(8) for the operation guide.
 package main
@@ -54,9 +56,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, handover.Version)
 		return 0
 	}
-	if len(args) > 0 && (args[0] == keeperFlag || args[0] == keeperArmed) {
-		// Hidden: the keeper of an upgrade (keeper.go).
-		return keep(args[0], args[1:])
+	if len(args) > 0 && (args[0] == handover.KeeperFlag || args[0] == handover.KeeperArmedFlag) {
+		// Hidden: the keeper of an upgrade (internal/handover's keeper.go).
+		return handover.RunKeeper(args[0], args[1:])
 	}
 	if len(args) > 0 && args[0] == handover.CheckFlag {
 		// Hidden: an upgrade asks the new binary whether it would start.
@@ -67,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// first of all: nothing this process starts may inherit them. A
 	// program taking over from an upgrade takes the State first, so that
 	// whatever fails from then on until it serves gives it back.
-	boot := &startup{fallback: handover.TakeFallback(), keeper: takeKeeper(), failed: os.Getenv(handover.EnvFailed)}
+	boot := &startup{fallback: handover.TakeFallback(), keeper: handover.TakeKeeper(), failed: os.Getenv(handover.EnvFailed)}
 	os.Unsetenv(handover.EnvFailed)
 	var err error
 	if boot.ho, err = handover.Take(); err != nil {
@@ -96,13 +98,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "one-socket: %v\n", err)
 		return 1
 	}
-	boot.act, boot.actErr = takeActivated(os.Getpid())
+	boot.act, boot.actErr = handover.TakePassed(os.Getpid())
 	notify, notifyErr := systemd.NewNotifier()
 	boot.notifyErr = notifyErr
 
 	if cfg.detach && boot.report == nil && boot.ho == nil {
 		if boot.act != nil || boot.actErr != nil {
-			boot.act.close()
+			boot.act.Close()
 			fmt.Fprintln(stderr, "one-socket: --detach cannot be used with socket activation: the service manager runs the daemon")
 			return 1
 		}
@@ -147,10 +149,10 @@ type instance struct {
 	// legacyTarget says the binary an upgrade runs is older than
 	// handover.CheckFlag, and reads only what v0.1.0 wrote.
 	legacyTarget bool
-	fdstore      bool // stops hand the clients to the service manager's store
-	// crash keeps each waiting client in that store while it waits, for
-	// a crash (crash.go); nil without --fdstore.
-	crash *crashStore
+	// store is the service manager's file descriptor store, which a stop
+	// hands the clients to and which keeps each waiting client while it
+	// waits, for a crash; nil without --fdstore.
+	store *handover.FDStore
 
 	stopReq    chan struct{} // the control socket's stop
 	upgradeReq chan struct{} // the control socket's upgrade, once checked
@@ -168,11 +170,11 @@ type socket struct {
 // startup is what the environment passed to this process, which the
 // start-up takes over or undoes.
 type startup struct {
-	act      *activated         // sockets and stored clients from the service manager, or nil
+	act      *handover.Passed   // sockets and stored clients from the service manager, or nil
 	report   *startReport       // the pipe to a --detach parent, or nil
 	ho       *handover.State    // what the previous program handed over, until it serves them; or nil
 	fallback handover.Fallback  // the previous program, to give ho back to
-	keeper   int                // the pipe to the upgrade's keeper (keeper.go), or -1
+	keeper   int                // the pipe to the upgrade's keeper, or -1
 	failed   string             // why a new program gave the clients back to this one, or ""
 	restored *handover.Restored // the clients taken back from the store, or nil
 	// Found before the log exists, reported once it does.
@@ -229,16 +231,19 @@ func (d *instance) run(stderr io.Writer) int {
 		// say so, and this line says why.
 		log.Warn("cannot notify the service manager", "err", boot.notifyErr)
 	}
-	if d.fdstore = fdStoreWanted(cfg.fdstore, os.Getenv); d.fdstore && d.notify == nil {
-		log.Warn("--fdstore needs a service manager (NOTIFY_SOCKET): a stop will disconnect the waiting clients")
-		d.fdstore = false
+	if handover.StoreWanted(cfg.fdstore, os.Getenv) {
+		if d.notify == nil {
+			log.Warn("--fdstore needs a service manager (NOTIFY_SOCKET): a stop will disconnect the waiting clients")
+		} else {
+			d.store = handover.NewFDStore(d.notify)
+		}
 	}
 	var storeErr error
-	if boot.restored, storeErr = takeStored(boot.act, time.Now()); storeErr != nil {
+	if boot.restored, storeErr = boot.act.TakeStored(time.Now()); storeErr != nil {
 		log.Warn("cannot take back the stored clients", "err", storeErr)
 	}
 	act := boot.act
-	d.activated = act != nil && act.broker != nil
+	d.activated = act != nil && act.Broker != nil
 	if d.activated && cfg.socket != "" && cfg.socket != d.sock.path {
 		log.Warn("--socket ignored: the service manager passed the broker socket", "socket", d.sock.path)
 	}
@@ -284,17 +289,19 @@ func (d *instance) run(stderr io.Writer) int {
 		MaxConnsPerUID:   cfg.maxConnsPerUID,
 		MaxWait:          cfg.maxWait,
 	}
-	if d.fdstore {
-		d.crash = newCrashStore(d.notify)
+	if d.store != nil {
+		// New waiters' ids start above those stored already.
 		if r := boot.restored; r != nil {
-			d.crash.above(r.Conns)
+			for _, c := range r.Conns {
+				d.store.Above(c.Stored)
+			}
 		}
 		if boot.ho != nil {
 			for _, c := range boot.ho.Conns {
-				d.crash.above([]broker.HandedConn{{Stored: c.Stored}})
+				d.store.Above(c.Stored)
 			}
 		}
-		d.bcfg.Store = d.crash
+		d.bcfg.Store = d.store
 	}
 	if err := d.startMetrics(); err != nil && boot.ho != nil {
 		// The clients are here already: serve them without metrics.
@@ -342,8 +349,8 @@ func (d *instance) run(stderr io.Writer) int {
 			return d.fail(err, "socket", d.sock.path)
 		}
 	}
-	if act != nil && act.control != nil {
-		d.ctl.ln, act.control = act.control, nil
+	if act != nil && act.Control != nil {
+		d.ctl.ln, act.Control = act.Control, nil
 	} else if d.ctlSock.path != "" {
 		if d.ctl.ln, d.ctlSock.file, err = listen(d.ctlSock.path, ctlSocketMode, -1, log); err != nil {
 			return d.fail(fmt.Errorf("control socket: %w", err), "ctl_socket", d.ctlSock.path)
@@ -351,7 +358,7 @@ func (d *instance) run(stderr io.Writer) int {
 	}
 	var ln *net.UnixListener
 	if d.activated {
-		ln, act.broker = act.broker, nil
+		ln, act.Broker = act.Broker, nil
 	} else if ln, d.sock.file, err = listen(d.sock.path, cfg.socketMode, gid, log); err != nil {
 		return d.fail(err, "socket", d.sock.path)
 	}
@@ -360,12 +367,7 @@ func (d *instance) run(stderr io.Writer) int {
 		taken = len(r.Conns)
 		// Before the engine keeps any of them under a name of its own: the
 		// manager ignores a descriptor it holds already, under any name.
-		d.forgetStored()
-		for _, id := range r.Closed {
-			if err := d.notify.StoreRemove(waiterName(id)); err != nil {
-				d.notifyFailed(err)
-			}
-		}
+		handover.ForgetStored(d.notify, r.Closed, d.notifyFailed)
 	}
 	if err := d.startEngine(ln); err != nil {
 		return d.fail(err)
@@ -418,14 +420,14 @@ func (d *instance) startEngine(ln *net.UnixListener) error {
 func (d *instance) settlePaths() error {
 	cfg, act := d.cfg, d.boot.act
 	var err error
-	if act != nil && act.broker != nil {
-		d.sock.path = listenerPath(act.broker)
+	if act != nil && act.Broker != nil {
+		d.sock.path = listenerPath(act.Broker)
 	} else if d.sock.path, err = paths.BrokerSocket(cfg.socket, os.Getenv, os.Geteuid()); err != nil {
 		return err
 	}
 	switch {
-	case act != nil && act.control != nil:
-		d.ctlSock.path = listenerPath(act.control)
+	case act != nil && act.Control != nil:
+		d.ctlSock.path = listenerPath(act.Control)
 	case act != nil:
 		// Under socket activation the sockets are the service manager's to
 		// create: a control socket it did not pass is made only when named.
@@ -474,7 +476,7 @@ func (d *instance) serve(sigs, hups, usr2 chan os.Signal) int {
 	// operator can still kill a broker whose stop hangs.
 	signal.Stop(sigs)
 	d.notify.Stopping(d.notifyFailed)
-	if d.fdstore {
+	if d.store != nil {
 		d.stopIntoStore()
 	} else {
 		d.shutdown()
@@ -531,7 +533,7 @@ func (d *instance) fail(err error, args ...any) int {
 	d.log.Error("cannot start", append(args, "err", err)...)
 	d.shutdown()
 	boot := d.boot
-	boot.act.close()
+	boot.act.Close()
 	if r := boot.restored; r != nil {
 		// Still in the service manager's store: only these copies go.
 		(&broker.State{Listener: -1, Conns: r.Conns}).Close()
@@ -695,7 +697,7 @@ func (s *startup) giveBack(why error, env []string) {
 		return
 	}
 	// The previous binary is known to serve: the keeper may go.
-	releaseKeeper(s.keeper)
+	handover.ReleaseKeeper(s.keeper)
 	s.keeper = -1
 	reason := strings.ReplaceAll(why.Error(), "\n", " ")
 	env = append(handover.WithoutEnv(os.Environ(), handover.EnvFailed, "NOTIFY_SOCKET"),

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/one-socket/one-socket/internal/handover"
 	"github.com/one-socket/one-socket/internal/paths"
 )
 
@@ -54,10 +55,10 @@ func TestSystemdUnits(t *testing.T) {
 	}
 	sock := settings("one-socket.socket")
 	assert.Equal(t, []string{paths.RootBrokerSocket}, sock["ListenStream"])
-	assert.Equal(t, []string{fdNameBroker}, sock["FileDescriptorName"])
+	assert.Equal(t, []string{handover.FDNameBroker}, sock["FileDescriptorName"])
 	ctl := settings("one-socket-control.socket")
 	assert.Equal(t, []string{filepath.Join(filepath.Dir(paths.RootBrokerSocket), paths.ControlSocketName)}, ctl["ListenStream"])
-	assert.Equal(t, []string{fdNameControl}, ctl["FileDescriptorName"])
+	assert.Equal(t, []string{handover.FDNameControl}, ctl["FileDescriptorName"])
 	assert.Equal(t, []string{"0600"}, ctl["SocketMode"])
 	assert.Equal(t, []string{"one-socket.service"}, ctl["Service"])
 	svc := settings("one-socket.service")

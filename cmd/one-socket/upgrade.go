@@ -106,16 +106,16 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 		d.ready()
 		return err
 	}
-	if d.legacyTarget && d.crash != nil {
+	if d.legacyTarget && d.store != nil {
 		// A program older than crash survival would never remove them,
 		// and the store's copies would hold every client open.
-		d.crash.releaseAll(st.Conns)
+		d.store.ReleaseAll(st.Conns)
 	}
-	stored := d.fdstore && d.storeForUpgrade(st)
+	stored := d.store != nil && d.storeForUpgrade(st)
 	err = d.exec(st, ctlFD)
 	// Still here: serve the State again in this process.
 	if stored {
-		d.forgetStored()
+		handover.ForgetStored(d.notify, nil, d.notifyFailed)
 	}
 	if rerr := d.resume(st, ctlFD); rerr != nil {
 		log.Error("cannot resume after the failed upgrade", "err", rerr)
@@ -138,9 +138,9 @@ func (d *instance) storeForUpgrade(st *broker.State) bool {
 	if len(fds) == 0 {
 		return false
 	}
-	n, err := d.storeClients(desc, fds)
+	n, err := d.store.StoreClients(desc, fds)
 	if err == nil {
-		err = d.notify.Barrier(barrierTimeout)
+		err = d.store.Confirm()
 	}
 	if err != nil {
 		d.log.Warn("cannot keep the clients in the service manager's store during the upgrade", "stored", n, "clients", len(fds), "err", err)
@@ -204,7 +204,7 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 		return fmt.Errorf("opening this binary for a fallback: %w", os.NewSyscallError("open", err))
 	}
 	defer unix.Close(self)
-	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", envKeeper),
+	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", handover.EnvKeeper),
 		handover.FallbackEnv(self, os.Args)...)
 	// Unset at start; the new program needs it for READY=1.
 	env = append(env, d.notify.Env()...)
@@ -212,10 +212,13 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 	// Without a file descriptor store, a keeper covers a new program that
 	// dies outright; not one older than the keeper, which would never
 	// release it (and the keeper's copies would hold every client open).
-	if !d.fdstore && !d.legacyTarget {
-		if k := d.startKeeper(h); k >= 0 {
-			defer releaseKeeper(k) // only reached if the exec failed
-			env = append(env, envKeeper+"="+strconv.Itoa(k))
+	if d.store == nil && !d.legacyTarget {
+		if k, err := handover.StartKeeper(h, os.Args, d.notify.Env()); err != nil {
+			// The upgrade goes on without one.
+			d.log.Warn("no keeper for the upgrade", "err", err)
+		} else {
+			defer handover.ReleaseKeeper(k) // only reached if the exec failed
+			env = append(env, handover.EnvKeeper+"="+strconv.Itoa(k))
 			keep = append(keep, k)
 		}
 	}
@@ -314,10 +317,10 @@ func (d *instance) adopt(sigs, hups, usr2 chan os.Signal, nofile uint64) int {
 	// previous program kept in the service manager's store for a crash
 	// of this one is not needed.
 	boot.ho = nil
-	if d.fdstore {
-		d.forgetStored()
+	if d.store != nil {
+		handover.ForgetStored(d.notify, nil, d.notifyFailed)
 	}
-	releaseKeeper(boot.keeper)
+	handover.ReleaseKeeper(boot.keeper)
 	if d.pidf != nil && d.pidf.f != nil {
 		// After a keeper took over, the pid is the keeper's.
 		if err := d.pidf.write(os.Getpid()); err != nil {

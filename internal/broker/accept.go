@@ -75,11 +75,7 @@ func (l *loop) shed(uid uint32) bool {
 		return false
 	}
 	// Newest first: the handshake list is in accept order.
-	if l.reading.head == noFD {
-		return false
-	}
-	tail := l.conns[l.reading.head].links[deadlineLink].prev
-	for fd := tail; ; fd = l.conns[fd].links[deadlineLink].prev {
+	for fd := l.reading.tail(l.conns); fd != noFD; fd = l.reading.prev(l.conns, fd) {
 		if l.conns[fd].uid == top {
 			l.b.stats.shed.Add(1)
 			if ok, suppressed := l.shedLog.allow(l.now); ok {
@@ -89,10 +85,8 @@ func (l *loop) shed(uid uint32) bool {
 			l.drop(fd)
 			return true
 		}
-		if fd == l.reading.head {
-			return false
-		}
 	}
+	return false
 }
 
 // refuseNoRoom handles an accept that failed for lack of descriptors or

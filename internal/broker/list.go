@@ -68,3 +68,21 @@ func (q *fdList) remove(conns []conn, fd int32) {
 
 // next returns the conn after fd on q, or noFD.
 func (q *fdList) next(conns []conn, fd int32) int32 { return conns[fd].links[q.by].next }
+
+// tail returns the conn at the tail of q, or noFD when q is empty.
+func (q *fdList) tail(conns []conn) int32 {
+	if q.head == noFD {
+		return noFD
+	}
+	return conns[q.head].links[q.by].prev
+}
+
+// prev returns the conn before fd on q, or noFD when fd is the head: the
+// head's own prev is the tail, which a walk from the tail must not reach
+// again.
+func (q *fdList) prev(conns []conn, fd int32) int32 {
+	if fd == q.head {
+		return noFD
+	}
+	return conns[fd].links[q.by].prev
+}

@@ -1,13 +1,15 @@
 package broker
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 )
 
 // items returns q's descriptors head first, and checks on the way that the
-// head's prev is the tail and that every other prev is its neighbour.
+// head's prev is the tail, that every other prev is its neighbour, and
+// that tail and prev walk it back.
 func items(t *testing.T, conns []conn, q *fdList) []int32 {
 	t.Helper()
 	var out []int32
@@ -22,6 +24,15 @@ func items(t *testing.T, conns []conn, q *fdList) []int32 {
 	if q.head != noFD {
 		require.Equal(t, prev, conns[q.head].links[q.by].prev, "the head's prev is not the tail")
 	}
+	require.Equal(t, prev, q.tail(conns), "tail")
+	// Backwards from the tail, the same conns, ending at the head.
+	var back []int32
+	for fd := q.tail(conns); fd != noFD; fd = q.prev(conns, fd) {
+		require.Less(t, len(back), len(out), "the walk back does not end at the head")
+		back = append(back, fd)
+	}
+	slices.Reverse(back)
+	require.Equal(t, out, back, "walked back from the tail")
 	return out
 }
 

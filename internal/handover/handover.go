@@ -8,6 +8,15 @@
 // name, and the golden files in testdata, written by v0.1.0, must decode
 // to the same State and encode to the same document. A change that needs
 // another document is a new Version, which readers must learn first.
+//
+// Around the format, the package holds how each hand-over is carried: the
+// exec of an upgrade and the fallback to the previous binary (exec.go),
+// the upgrade's keeper (keeper.go), and, under systemd, what the service
+// manager passes back and under which names (passed.go), what a stop puts
+// in its file descriptor store and how a start takes it back (fdstore.go,
+// store.go), and the waiting clients kept there for a crash (crash.go).
+// internal/systemd carries the messages; the engine, internal/broker,
+// knows none of this.
 package handover
 
 import (
