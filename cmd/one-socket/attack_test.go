@@ -81,6 +81,26 @@ func attacker(spec string) int {
 			}()
 		}
 		select {}
+	case "pairs":
+		// Pair two clients of this uid with each other, one pairing
+		// after another, for a while; print how many succeeded and why
+		// the first few others failed, and fail if any did.
+		d, _ := time.ParseDuration(args[2])
+		paired, failed := 0, 0
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			if err := pairSelf(args[1], fmt.Appendf(nil, "victim-%d-%d", os.Getpid(), paired+failed)); err != nil {
+				if failed++; failed <= 5 {
+					fmt.Printf("pairing failed: %q\n", err.Error())
+				}
+				continue
+			}
+			paired++
+		}
+		fmt.Printf("paired %d of %d\n", paired, paired+failed)
+		if failed > 0 {
+			return 1
+		}
+		return 0
 	case "control":
 		// Send one request to the control socket and print the reply.
 		c, err := net.Dial("unix", args[1])
@@ -102,19 +122,64 @@ func attacker(spec string) int {
 	return 2
 }
 
+// pairSelf pairs a server and a client on key through the broker at
+// path, and checks that a byte goes from one to the other.
+func pairSelf(path string, key []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	server := make(chan *os.File, 1)
+	errs := make(chan error, 1)
+	go func() {
+		f, err := getPair(ctx, path, key, spb.ModeServer)
+		server <- f
+		errs <- err
+	}()
+	c, err := getPair(ctx, path, key, spb.ModeClient)
+	s, serr := <-server, <-errs
+	for _, f := range []*os.File{c, s} {
+		if f != nil {
+			defer f.Close()
+		}
+	}
+	if err = errors.Join(err, serr); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		return err
+	}
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(s, b); err != nil {
+		return fmt.Errorf("the pair is not connected: %w", err)
+	}
+	return nil
+}
+
 // attackerCmd is the attacker process for attack, as attackerUID.
 func attackerCmd(o *openDir, attack ...string) *exec.Cmd {
+	return attackerCmdAs(o, attackerUID, attack...)
+}
+
+// attackerCmdAs is the attacker process for attack, as uid (and the gid
+// of the same number).
+func attackerCmdAs(o *openDir, uid uint32, attack ...string) *exec.Cmd {
 	cmd := exec.Command(o.helper)
 	cmd.Dir = o.dir
 	cmd.Env = append(os.Environ(), envAttacker+"="+strings.Join(attack, "\n"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	return cmd
 }
 
 // startAttacker runs an attack as attackerUID until the test ends.
 func startAttacker(t testing.TB, o *openDir, attack ...string) *testutil.Proc {
 	t.Helper()
-	return testutil.StartProc(t, "attacker", attackerCmd(o, attack...))
+	return startAttackerAs(t, o, attackerUID, attack...)
+}
+
+// startAttackerAs runs an attack as uid until the test ends.
+func startAttackerAs(t testing.TB, o *openDir, uid uint32, attack ...string) *testutil.Proc {
+	t.Helper()
+	return testutil.StartProc(t, fmt.Sprintf("attacker %d", uid), attackerCmdAs(o, uid, attack...))
 }
 
 // worldWritableDir is a directory anyone may write, and not sticky: the
@@ -470,6 +535,51 @@ func TestAttackFlood(t *testing.T) {
 			assert.LessOrEqual(t, lines, 10, "%q not rate-limited", tt.line)
 		})
 	}
+}
+
+// TestAttackFloodUnprivileged is TestAttackFlood with a victim that, unlike
+// root, has a share too: uid 1002 pairs its own clients while uids 1001
+// and 1003 each hold their whole share (half the broker) with silent and
+// 1-byte-a-second connections, reconnecting whenever one is closed. The
+// broker is thus full of handshakes, and a 1 s handshake deadline drops
+// and lets back hundreds of them each second while the victim pairs for
+// several deadlines. Every one of its pairings must succeed.
+func TestAttackFloodUnprivileged(t *testing.T) {
+	testutil.NeedRoot(t)
+	const victimUID = 1002
+	o := newOpenDir(t)
+	sock := filepath.Join(o.dir, "one.socket")
+	ctl := filepath.Join(o.dir, "one.ctl")
+	d := startDaemon(t, sock, "--ctl-socket", ctl, "--socket-mode", "0666",
+		"--max-conns", "200", "--handshake-timeout", "1s")
+	for _, uid := range []uint32{attackerUID, 1003} {
+		startAttackerAs(t, o, uid, "flood", sock, "150", "silent")
+		startAttackerAs(t, o, uid, "flood", sock, "150", "slow")
+	}
+	require.Eventually(t, func() bool { return status(t, ctl)["conns"] == float64(200) },
+		time.Minute, 10*time.Millisecond, "the flood never filled the broker")
+	before := status(t, ctl)
+
+	out, err := attackerCmdAs(o, victimUID, "pairs", sock, "4s").Output()
+	assert.NoError(t, err, "the victim's pairings:\n%s", out)
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	var paired, tried int
+	_, err = fmt.Sscanf(lines[len(lines)-1], "paired %d of %d", &paired, &tried)
+	require.NoError(t, err, "the victim's last line:\n%s", out)
+	assert.Equal(t, tried, paired, "pairings of uid %d that failed:\n%s", victimUID, out)
+	assert.NotZero(t, paired)
+
+	after := status(t, ctl)
+	// The flood ran as it should for the test to prove anything: the
+	// deadline dropped the flooders' connections while the victim paired,
+	// and the victim got in only by shedding them.
+	assert.Greater(t, after["timed_out_total"], before["timed_out_total"], "no handshake deadline passed")
+	assert.Greater(t, after["shed_total"], before["shed_total"], "nothing was shed for the victim")
+	t.Logf("uid %d paired %d times; meanwhile %v handshakes timed out, %v were shed, %v connections refused",
+		victimUID, paired, after["timed_out_total"].(float64)-before["timed_out_total"].(float64),
+		after["shed_total"].(float64)-before["shed_total"].(float64),
+		after["refused_total"].(float64)-before["refused_total"].(float64))
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
 
 // BenchmarkPairUnderFlood measures root's pairings while uid 1001 floods
