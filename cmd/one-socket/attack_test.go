@@ -457,6 +457,36 @@ func TestAttackControlSocket(t *testing.T) {
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
 
+// TestAttackControlKeys sends the running daemon's control socket requests
+// whose meaning depends on which of two spellings a decoder keeps: a key
+// given twice (encoding/json keeps the last, so the first of these once
+// stopped the daemon), a key in another case (which encoding/json
+// matches), and a field no request has. Each is refused, saying why, and
+// nothing of it is done.
+func TestAttackControlKeys(t *testing.T) {
+	sock := sockPath(t)
+	ctl := sock + ".ctl"
+	d := startDaemon(t, sock, "--ctl-socket", ctl)
+	for req, why := range map[string]string{
+		`{"command":"status","command":"stop"}`:                  `malformed request: field "command" given twice`,
+		`{"command":"stop","command":"status"}`:                  `malformed request: field "command" given twice`,
+		`{"Command":"stop"}`:                                     `malformed request: json: unknown field "Command"`,
+		`{"command":"status","COMMAND":"stop"}`:                  `malformed request: json: unknown field "COMMAND"`,
+		`{"command":"log-level","level":"info","Level":"debug"}`: `malformed request: json: unknown field "Level"`,
+		`{"command":"stop","force":true}`:                        `malformed request: json: unknown field "force"`,
+	} {
+		reply := controlRequest(t, ctl, req)
+		assert.Equal(t, false, reply["ok"], req)
+		assert.Equal(t, why, reply["error"], req)
+	}
+	st := status(t, ctl)
+	assert.Equal(t, "info", st["log_level"])
+	assert.Zero(t, d.logCount("control: stop requested"), "a refused request stopped the daemon")
+	assert.False(t, d.exited(), "the daemon stopped")
+	pairOnce(t, sock)
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
 // TestAttackLogForgery asks for a key made to forge a log line and to run
 // a command where a line is pasted into a shell: the daemon's log shows it
 // escaped, on the one line of the denial.
