@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,6 +100,33 @@ func attacker(spec string) int {
 		fmt.Printf("paired %d of %d\n", paired, paired+failed)
 		if failed > 0 {
 			return 1
+		}
+		return 0
+	case "wait":
+		// Park n servers on the key, say so, then say of each in turn
+		// whether the broker paired it or closed it.
+		n, _ := strconv.Atoi(args[3])
+		var cs []*spb.Conn
+		for range n {
+			c, err := spb.Dial(args[1])
+			if err == nil {
+				err = c.SendGetPair([]byte(args[2]), spb.ModeServer)
+			}
+			if err != nil {
+				fmt.Println(err)
+				return 1
+			}
+			cs = append(cs, c)
+		}
+		fmt.Println("waiting")
+		for _, c := range cs {
+			c.SetDeadline(time.Now().Add(time.Minute))
+			if f, err := c.ReceiveSetPair(); err != nil {
+				fmt.Println("closed:", err)
+			} else {
+				f.Close()
+				fmt.Println("paired")
+			}
 		}
 		return 0
 	case "control":
@@ -485,6 +513,87 @@ func TestAttackControlKeys(t *testing.T) {
 	assert.False(t, d.exited(), "the daemon stopped")
 	pairOnce(t, sock)
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// TestAttackReloadRevokes has uid 1001 wait on a key that a reload, by
+// SIGHUP or by the control socket, no longer lets it have: every one of
+// its clients is disconnected at once, a client of an allowed uid that
+// then asks for the key is not paired with any of them, and the log says,
+// at the default level, whom it dropped (pid, uid and key; the first
+// logBurst of them, then how many).
+func TestAttackReloadRevokes(t *testing.T) {
+	testutil.NeedRoot(t)
+	const waiters = 12
+	for _, trigger := range []string{"SIGHUP", "control"} {
+		t.Run(trigger, func(t *testing.T) {
+			o := newOpenDir(t)
+			sock := filepath.Join(o.dir, "one.socket")
+			ctl := filepath.Join(o.dir, "one.ctl")
+			policyPath := filepath.Join(t.TempDir(), "policy.conf")
+			writePolicy(t, policyPath, "allow uid=1001 key=shared-* mode=server\nallow uid=0\n")
+			d := startDaemon(t, sock, "--ctl-socket", ctl, "--socket-mode", "0666", "--policy", policyPath)
+			key := string(uniqueKey("shared"))
+			cmd := attackerCmd(o, "wait", sock, key, strconv.Itoa(waiters))
+			var out testutil.LockedBuffer
+			cmd.Stdout = &out
+			p := testutil.StartProc(t, "waiter", cmd)
+			require.Eventually(t, func() bool { return strings.Contains(out.String(), "waiting\n") },
+				20*time.Second, 10*time.Millisecond, "uid 1001's clients never waited: %s", out.String())
+			waitWaiting(t, ctl, waiters)
+
+			writePolicy(t, policyPath, "allow uid=0\n")
+			if trigger == "SIGHUP" {
+				require.NoError(t, d.cmd.Process.Signal(syscall.SIGHUP))
+				d.waitLog("policy reloaded")
+			} else {
+				reply := controlRequest(t, ctl, `{"command":"reload"}`)
+				require.Equal(t, true, reply["ok"], "%v", reply)
+			}
+			select {
+			case <-p.Done():
+			case <-time.After(20 * time.Second):
+				t.Fatalf("uid 1001's clients are still connected: %s", out.String())
+			}
+			assert.Equal(t, waiters, strings.Count(out.String(), "closed: "), "uid 1001's clients:\n%s", out.String())
+			assert.NotContains(t, out.String(), "paired")
+			st := status(t, ctl)
+			assert.EqualValues(t, 0, st["waiting"])
+			assert.EqualValues(t, waiters, st["denied_total"])
+
+			// Root, still allowed, asks for the key: nothing waits there
+			// to pair it with, so it waits, and then pairs with a server
+			// of its own.
+			c, err := spb.Dial(sock)
+			require.NoError(t, err)
+			defer c.Close()
+			require.NoError(t, c.SendGetPair([]byte(key), spb.ModeClient))
+			waitWaiting(t, ctl, 1)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			f, err := getPair(ctx, sock, []byte(key), spb.ModeServer)
+			require.NoError(t, err)
+			require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+			g, err := c.ReceiveSetPair()
+			require.NoError(t, err)
+			expectConnected(t, f, g)
+			f.Close()
+			g.Close()
+
+			require.Equal(t, 0, d.stop(syscall.SIGTERM))
+			stderr := d.stderr.String()
+			var named int
+			for l := range strings.SplitSeq(stderr, "\n") {
+				if strings.Contains(l, `msg="waiting client disconnected: the new policy does not allow it"`) {
+					named++
+					assert.Regexp(t, fmt.Sprintf(`level=WARN msg="[^"]+" pid=%d uid=1001 gid=1001 mode=server key=%s reason=`,
+						cmd.Process.Pid, regexp.QuoteMeta(key)), l)
+				}
+			}
+			assert.Equal(t, 10, named, "the dropped clients are named, %d at most:\n%s", 10, stderr)
+			assert.Contains(t, logLine(t, stderr, "waiting clients disconnected: the new policy does not allow them"),
+				fmt.Sprintf("dropped=%d", waiters))
+		})
+	}
 }
 
 // TestAttackLogForgery asks for a key made to forge a log line and to run
