@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -596,26 +598,132 @@ func TestAttackReloadRevokes(t *testing.T) {
 	}
 }
 
-// TestAttackLogForgery asks for a key made to forge a log line and to run
-// a command where a line is pasted into a shell: the daemon's log shows it
-// escaped, on the one line of the denial.
+// TestAttackLogForgery asks for keys made to forge a log line or field,
+// in the text format and in JSON, to colour or overwrite a terminal's line
+// (ANSI escapes, a carriage return), and to run a command where a line is
+// pasted into a shell. Every line the daemon writes then parses as one
+// record, each denial with exactly its fields and the key escaped, and no
+// control byte reaches the output.
 func TestAttackLogForgery(t *testing.T) {
-	policyPath := filepath.Join(t.TempDir(), "policy.conf")
-	writePolicy(t, policyPath, "allow key=ok\n")
-	sock := sockPath(t)
-	d := startDaemon(t, sock, "--policy", policyPath)
-	key := []byte("x\ntime=2026-01-01T00:00:00Z level=ERROR msg=\"forged\" $(reboot)")
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	_, err := getPair(ctx, sock, key, spb.ModeClient)
-	require.Error(t, err)
-	line := d.waitLog("request denied")
-	assert.Contains(t, line, `key=x\x0atime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3d\x22forged\x22\x20\x24\x28reboot\x29 `)
-	require.Equal(t, 0, d.stop(syscall.SIGTERM))
-	for _, l := range strings.Split(d.stderr.String(), "\n") {
-		assert.NotContains(t, l, "forged\"", "a forged field: %q", l)
-		assert.False(t, strings.HasPrefix(l, "time=2026-01-01"), "a forged line: %q", l)
+	forged := map[string]string{
+		"x\ntime=2026-01-01T00:00:00Z level=ERROR msg=\"forged\" $(reboot)":    `x\x0atime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3d\x22forged\x22\x20\x24\x28reboot\x29`,
+		"\x1b[31mred\x1b[0m\rtime=2026-01-01T00:00:00Z level=ERROR msg=forged": `\x1b\x5b31mred\x1b\x5b0m\x0dtime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3dforged`,
+		`x","level":"ERROR","msg":"forged`:                                     `x\x22,\x22level\x22:\x22ERROR\x22,\x22msg\x22:\x22forged`,
 	}
+	denial := []string{"time", "level", "msg", "pid", "uid", "gid", "mode", "key", "reason"}
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			policyPath := filepath.Join(t.TempDir(), "policy.conf")
+			writePolicy(t, policyPath, "allow key=ok\n")
+			sock := sockPath(t)
+			d := startDaemon(t, sock, "--policy", policyPath, "--log-format", format)
+			for key := range forged {
+				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+				_, err := getPair(ctx, sock, []byte(key), spb.ModeClient)
+				cancel()
+				require.Error(t, err)
+			}
+			require.Eventually(t, func() bool { return strings.Count(d.stderr.String(), "request denied") == len(forged) },
+				15*time.Second, 10*time.Millisecond, "not every request was denied:\n%s", d.stderr.String())
+			require.Equal(t, 0, d.stop(syscall.SIGTERM))
+			out := d.stderr.String()
+			for i := range len(out) {
+				if c := out[i]; (c < ' ' && c != '\n') || c == 0x7f {
+					t.Fatalf("control byte %#x at %d reached the log:\n%q", c, i, out)
+				}
+			}
+			var keys []string
+			for l := range strings.SplitSeq(strings.TrimSuffix(out, "\n"), "\n") {
+				names, values, err := parseRecord(format, l)
+				require.NoError(t, err, "a line that is not one record: %q", l)
+				require.GreaterOrEqual(t, len(names), 3, "%q", l)
+				assert.Equal(t, []string{"time", "level", "msg"}, names[:3], "%q", l)
+				assert.NotContains(t, values["msg"], "forged", "a forged record: %q", l)
+				if values["msg"] == "request denied" {
+					assert.Equal(t, denial, names, "the fields of a denial: %q", l)
+					keys = append(keys, values["key"])
+				}
+			}
+			assert.ElementsMatch(t, slices.Collect(maps.Values(forged)), keys, "the keys as logged")
+		})
+	}
+}
+
+// parseRecord splits one log line of format (text or json) into its field
+// names, in order, and their values as text; it fails unless the whole
+// line is one record.
+func parseRecord(format, line string) ([]string, map[string]string, error) {
+	var names []string
+	values := map[string]string{}
+	if format == "json" {
+		dec := json.NewDecoder(strings.NewReader(line))
+		if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+			return nil, nil, fmt.Errorf("not a JSON object: %v", err)
+		}
+		for dec.More() {
+			t, err := dec.Token()
+			if err != nil {
+				return nil, nil, err
+			}
+			var v any
+			if err := dec.Decode(&v); err != nil {
+				return nil, nil, err
+			}
+			name := t.(string)
+			if _, dup := values[name]; dup {
+				return nil, nil, fmt.Errorf("field %q twice", name)
+			}
+			names = append(names, name)
+			values[name] = fmt.Sprint(v)
+		}
+		if _, err := dec.Token(); err != nil {
+			return nil, nil, err
+		}
+		if dec.More() || int(dec.InputOffset()) != len(line) {
+			return nil, nil, errors.New("data after the record")
+		}
+		return names, values, nil
+	}
+	// slog's text format: name=value separated by one space, a value
+	// quoted as Go does when it holds a space, '=', '"' or a control
+	// character.
+	for rest := line; ; {
+		name, after, ok := strings.Cut(rest, "=")
+		if !ok || name == "" || strings.ContainsAny(name, " \"") {
+			return nil, nil, fmt.Errorf("no name=value at %q", rest)
+		}
+		var value string
+		if strings.HasPrefix(after, `"`) {
+			q, err := strconv.QuotedPrefix(after)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", name, err)
+			}
+			value, _ = strconv.Unquote(q)
+			rest = after[len(q):]
+		} else {
+			end := strings.IndexByte(after, ' ')
+			if end < 0 {
+				end = len(after)
+			}
+			value, rest = after[:end], after[end:]
+			if strings.ContainsAny(value, "\"=") {
+				return nil, nil, fmt.Errorf("%s: unquoted value %q", name, value)
+			}
+		}
+		if _, dup := values[name]; dup {
+			return nil, nil, fmt.Errorf("field %q twice", name)
+		}
+		names = append(names, name)
+		values[name] = value
+		if rest == "" {
+			break
+		}
+		if rest[0] != ' ' {
+			return nil, nil, fmt.Errorf("%s: no space after the value", name)
+		}
+		rest = rest[1:]
+	}
+	return names, values, nil
 }
 
 // TestAttackFlood has uid 1001 hold as many connections as it can, silent
