@@ -42,15 +42,19 @@ const attackerUID = 1001
 func attacker(spec string) int {
 	args := strings.Split(spec, "\n")
 	switch args[0] {
-	case "swap":
+	case "swap", "swap-hard":
 		// Replace every socket that appears at the paths with a symbolic
-		// link to the victim, as fast as it can.
+		// link (or a hard link) to the victim, as fast as it can.
+		link := os.Symlink
+		if args[0] == "swap-hard" {
+			link = os.Link
+		}
 		victim, paths := args[1], args[2:]
 		for {
 			for _, p := range paths {
 				if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() == fs.ModeSocket {
 					if os.Remove(p) == nil {
-						os.Symlink(victim, p)
+						link(victim, p)
 					}
 				}
 			}
@@ -226,47 +230,62 @@ func worldWritableDir(t *testing.T) string {
 // TestAttackSocketModeSymlink races the daemon's start 100 times: an
 // attacker who may write the socket's directory swaps each new socket,
 // broker's and control's, for a symbolic link to a root file. The daemon
-// must never apply --socket-mode (or the control socket's mode) to
-// anything but its own socket. Before sockets were bound in a private
-// directory, 41 starts of 200 gave the victim mode 0666.
+// must never apply --socket-mode (or the control socket's mode), nor
+// --socket-group (the attacker's own group), to anything but its own
+// socket. Before sockets were bound in a private directory, 41 starts of
+// 200 gave the victim mode 0666. The same race with hard links is run by
+// root, standing in for an attacker on a machine whose
+// fs.protected_hardlinks is 0 (the kernel's default), where uid 1001
+// could link a root file too: before the group was set through a
+// descriptor of the socket, the victim got the attacker's group.
 func TestAttackSocketModeSymlink(t *testing.T) {
 	testutil.NeedRoot(t)
-	o := newOpenDir(t)
-	dir := worldWritableDir(t)
-	victim := filepath.Join(t.TempDir(), "shadow")
-	require.NoError(t, os.WriteFile(victim, []byte("root only\n"), 0o600))
-	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "one.ctl")
-	startAttacker(t, o, "swap", victim, sock, ctl)
+	for _, tt := range []struct {
+		name, attack string
+		uid          uint32
+	}{
+		{"symbolic links", "swap", attackerUID},
+		{"hard links", "swap-hard", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := newOpenDir(t)
+			dir := worldWritableDir(t)
+			victim := rootFile(t)
+			sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "one.ctl")
+			startAttackerAs(t, o, tt.uid, tt.attack, victim, sock, ctl)
 
-	swapped, refused := 0, 0
-	for range 100 {
-		d := spawn(t, daemonEnv(), "--socket", sock, "--ctl-socket", ctl, "--socket-mode", "0666")
-		// The attacker may make a start fail (it owns the directory's
-		// names); never may it make the daemon touch another file.
-		require.Eventually(t, func() bool {
-			return strings.Contains(d.stderr.String(), "one-socket started") || d.exited()
-		}, time.Minute, time.Millisecond)
-		if d.exited() {
-			assert.Contains(t, d.stderr.String(), "while one-socket was starting")
-			refused++
-		} else {
-			assert.Equal(t, 0, d.stop(syscall.SIGTERM))
-		}
-		fi, err := os.Stat(victim)
-		require.NoError(t, err)
-		require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm(), "the daemon changed the mode of a file it did not create")
-		for _, p := range []string{sock, ctl} {
-			if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() == fs.ModeSymlink {
-				swapped++
+			swapped, refused := 0, 0
+			for range 100 {
+				d := spawn(t, daemonEnv(), "--socket", sock, "--ctl-socket", ctl, "--socket-mode", "0666",
+					"--socket-group", strconv.Itoa(attackerUID))
+				// The attacker may make a start fail (it owns the
+				// directory's names); never may it make the daemon touch
+				// another file.
+				require.Eventually(t, func() bool {
+					return strings.Contains(d.stderr.String(), "one-socket started") || d.exited()
+				}, time.Minute, time.Millisecond)
+				if d.exited() {
+					assert.Contains(t, d.stderr.String(), "while one-socket was starting")
+					refused++
+				} else {
+					assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+				}
+				requireUntouched(t, victim)
+				for _, p := range []string{sock, ctl} {
+					if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() != fs.ModeSocket {
+						swapped++
+					}
+					if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						require.NoError(t, err)
+					}
+				}
 			}
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				require.NoError(t, err)
-			}
-		}
+			// The race was run: the attacker got its links in.
+			assert.NotZero(t, swapped, "the attacker never swapped a socket; the test proves nothing")
+			t.Logf("%d sockets of 200 swapped for %s, %d starts failed; the victim kept its mode, owner and group",
+				swapped, tt.name, refused)
+		})
 	}
-	// The race was run: the attacker got its links in.
-	assert.NotZero(t, swapped, "the attacker never swapped a socket; the test proves nothing")
-	t.Logf("%d sockets of 200 swapped for links, %d starts failed; the victim kept its mode", swapped, refused)
 }
 
 // rootFile is a file of root's that no attack may write or change.
@@ -277,7 +296,8 @@ func rootFile(t *testing.T) string {
 	return p
 }
 
-// requireUntouched fails t if the victim's content or mode changed.
+// requireUntouched fails t if the victim's content, mode, owner or group
+// changed.
 func requireUntouched(t *testing.T, victim string) {
 	t.Helper()
 	b, err := os.ReadFile(victim)
@@ -285,7 +305,9 @@ func requireUntouched(t *testing.T, victim string) {
 	require.Equal(t, "root only\n", string(b), "the daemon wrote to a file it must not")
 	fi, err := os.Stat(victim)
 	require.NoError(t, err)
-	require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm())
+	require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm(), "the daemon changed the mode of a file it did not create")
+	st := fi.Sys().(*syscall.Stat_t)
+	require.Equal(t, [2]uint32{0, 0}, [2]uint32{st.Uid, st.Gid}, "the daemon changed the owner or group of a file it did not create")
 }
 
 // asAttacker gives path (a file or a link the test made) to attackerUID,
