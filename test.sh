@@ -85,15 +85,17 @@ step rpm test/packaging/rpm.sh
 # the .deb's install, upgrade and purge, systemd-analyze security (as
 # root; the .debs are the deb step's). doc/testing.md says more.
 step systemd test/systemd/nspawn.sh
-# Short fuzz runs of the wire decoder, the policy parser and the control
-# protocol's request decoder; a finding is
-# saved under the package's testdata/fuzz and replayed by every go test.
-# The budgets are counts (about 15 s each here), not durations: with a
+# Short fuzz runs of the wire decoder, the policy parser, the control
+# protocol's request decoder and the escaping of keys in log lines; a
+# finding is saved under the package's testdata/fuzz and replayed by
+# every go test.
+# The budgets are counts (5 to 15 s each here), not durations: with a
 # duration, Go 1.26's fuzzing coordinator can fail a run that found
 # nothing with "context deadline exceeded" (go.dev/issue/75804).
 step fuzz go test -run='^$' -fuzz=FuzzDecodeValidate -fuzztime=400000x -fuzzminimizetime=500x ./libspbroker/
 step fuzz-policy go test -run='^$' -fuzz=FuzzParse -fuzztime=400000x -fuzzminimizetime=500x ./internal/policy/
 step fuzz-control go test -run='^$' -fuzz=FuzzDecodeRequest -fuzztime=300000x -fuzzminimizetime=500x ./internal/control/
+step fuzz-logsafe go test -run='^$' -fuzz=FuzzKey -fuzztime=100000x -fuzzminimizetime=500x ./internal/logsafe/
 
 echo
 if [ ${#skipped[@]} -gt 0 ]; then

@@ -3,14 +3,17 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,15 +42,19 @@ const attackerUID = 1001
 func attacker(spec string) int {
 	args := strings.Split(spec, "\n")
 	switch args[0] {
-	case "swap":
+	case "swap", "swap-hard":
 		// Replace every socket that appears at the paths with a symbolic
-		// link to the victim, as fast as it can.
+		// link (or a hard link) to the victim, as fast as it can.
+		link := os.Symlink
+		if args[0] == "swap-hard" {
+			link = os.Link
+		}
 		victim, paths := args[1], args[2:]
 		for {
 			for _, p := range paths {
 				if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() == fs.ModeSocket {
 					if os.Remove(p) == nil {
-						os.Symlink(victim, p)
+						link(victim, p)
 					}
 				}
 			}
@@ -81,6 +88,53 @@ func attacker(spec string) int {
 			}()
 		}
 		select {}
+	case "pairs":
+		// Pair two clients of this uid with each other, one pairing
+		// after another, for a while; print how many succeeded and why
+		// the first few others failed, and fail if any did.
+		d, _ := time.ParseDuration(args[2])
+		paired, failed := 0, 0
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			if err := pairSelf(args[1], fmt.Appendf(nil, "victim-%d-%d", os.Getpid(), paired+failed)); err != nil {
+				if failed++; failed <= 5 {
+					fmt.Printf("pairing failed: %q\n", err.Error())
+				}
+				continue
+			}
+			paired++
+		}
+		fmt.Printf("paired %d of %d\n", paired, paired+failed)
+		if failed > 0 {
+			return 1
+		}
+		return 0
+	case "wait":
+		// Park n servers on the key, say so, then say of each in turn
+		// whether the broker paired it or closed it.
+		n, _ := strconv.Atoi(args[3])
+		var cs []*spb.Conn
+		for range n {
+			c, err := spb.Dial(args[1])
+			if err == nil {
+				err = c.SendGetPair([]byte(args[2]), spb.ModeServer)
+			}
+			if err != nil {
+				fmt.Println(err)
+				return 1
+			}
+			cs = append(cs, c)
+		}
+		fmt.Println("waiting")
+		for _, c := range cs {
+			c.SetDeadline(time.Now().Add(time.Minute))
+			if f, err := c.ReceiveSetPair(); err != nil {
+				fmt.Println("closed:", err)
+			} else {
+				f.Close()
+				fmt.Println("paired")
+			}
+		}
+		return 0
 	case "control":
 		// Send one request to the control socket and print the reply.
 		c, err := net.Dial("unix", args[1])
@@ -102,19 +156,64 @@ func attacker(spec string) int {
 	return 2
 }
 
+// pairSelf pairs a server and a client on key through the broker at
+// path, and checks that a byte goes from one to the other.
+func pairSelf(path string, key []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	server := make(chan *os.File, 1)
+	errs := make(chan error, 1)
+	go func() {
+		f, err := getPair(ctx, path, key, spb.ModeServer)
+		server <- f
+		errs <- err
+	}()
+	c, err := getPair(ctx, path, key, spb.ModeClient)
+	s, serr := <-server, <-errs
+	for _, f := range []*os.File{c, s} {
+		if f != nil {
+			defer f.Close()
+		}
+	}
+	if err = errors.Join(err, serr); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		return err
+	}
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(s, b); err != nil {
+		return fmt.Errorf("the pair is not connected: %w", err)
+	}
+	return nil
+}
+
 // attackerCmd is the attacker process for attack, as attackerUID.
 func attackerCmd(o *openDir, attack ...string) *exec.Cmd {
+	return attackerCmdAs(o, attackerUID, attack...)
+}
+
+// attackerCmdAs is the attacker process for attack, as uid (and the gid
+// of the same number).
+func attackerCmdAs(o *openDir, uid uint32, attack ...string) *exec.Cmd {
 	cmd := exec.Command(o.helper)
 	cmd.Dir = o.dir
 	cmd.Env = append(os.Environ(), envAttacker+"="+strings.Join(attack, "\n"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	return cmd
 }
 
 // startAttacker runs an attack as attackerUID until the test ends.
 func startAttacker(t testing.TB, o *openDir, attack ...string) *testutil.Proc {
 	t.Helper()
-	return testutil.StartProc(t, "attacker", attackerCmd(o, attack...))
+	return startAttackerAs(t, o, attackerUID, attack...)
+}
+
+// startAttackerAs runs an attack as uid until the test ends.
+func startAttackerAs(t testing.TB, o *openDir, uid uint32, attack ...string) *testutil.Proc {
+	t.Helper()
+	return testutil.StartProc(t, fmt.Sprintf("attacker %d", uid), attackerCmdAs(o, uid, attack...))
 }
 
 // worldWritableDir is a directory anyone may write, and not sticky: the
@@ -131,47 +230,62 @@ func worldWritableDir(t *testing.T) string {
 // TestAttackSocketModeSymlink races the daemon's start 100 times: an
 // attacker who may write the socket's directory swaps each new socket,
 // broker's and control's, for a symbolic link to a root file. The daemon
-// must never apply --socket-mode (or the control socket's mode) to
-// anything but its own socket. Before sockets were bound in a private
-// directory, 41 starts of 200 gave the victim mode 0666.
+// must never apply --socket-mode (or the control socket's mode), nor
+// --socket-group (the attacker's own group), to anything but its own
+// socket. Before sockets were bound in a private directory, 41 starts of
+// 200 gave the victim mode 0666. The same race with hard links is run by
+// root, standing in for an attacker on a machine whose
+// fs.protected_hardlinks is 0 (the kernel's default), where uid 1001
+// could link a root file too: before the group was set through a
+// descriptor of the socket, the victim got the attacker's group.
 func TestAttackSocketModeSymlink(t *testing.T) {
 	testutil.NeedRoot(t)
-	o := newOpenDir(t)
-	dir := worldWritableDir(t)
-	victim := filepath.Join(t.TempDir(), "shadow")
-	require.NoError(t, os.WriteFile(victim, []byte("root only\n"), 0o600))
-	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "one.ctl")
-	startAttacker(t, o, "swap", victim, sock, ctl)
+	for _, tt := range []struct {
+		name, attack string
+		uid          uint32
+	}{
+		{"symbolic links", "swap", attackerUID},
+		{"hard links", "swap-hard", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := newOpenDir(t)
+			dir := worldWritableDir(t)
+			victim := rootFile(t)
+			sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "one.ctl")
+			startAttackerAs(t, o, tt.uid, tt.attack, victim, sock, ctl)
 
-	swapped, refused := 0, 0
-	for range 100 {
-		d := spawn(t, daemonEnv(), "--socket", sock, "--ctl-socket", ctl, "--socket-mode", "0666")
-		// The attacker may make a start fail (it owns the directory's
-		// names); never may it make the daemon touch another file.
-		require.Eventually(t, func() bool {
-			return strings.Contains(d.stderr.String(), "one-socket started") || d.exited()
-		}, time.Minute, time.Millisecond)
-		if d.exited() {
-			assert.Contains(t, d.stderr.String(), "while one-socket was starting")
-			refused++
-		} else {
-			assert.Equal(t, 0, d.stop(syscall.SIGTERM))
-		}
-		fi, err := os.Stat(victim)
-		require.NoError(t, err)
-		require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm(), "the daemon changed the mode of a file it did not create")
-		for _, p := range []string{sock, ctl} {
-			if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() == fs.ModeSymlink {
-				swapped++
+			swapped, refused := 0, 0
+			for range 100 {
+				d := spawn(t, daemonEnv(), "--socket", sock, "--ctl-socket", ctl, "--socket-mode", "0666",
+					"--socket-group", strconv.Itoa(attackerUID))
+				// The attacker may make a start fail (it owns the
+				// directory's names); never may it make the daemon touch
+				// another file.
+				require.Eventually(t, func() bool {
+					return strings.Contains(d.stderr.String(), "one-socket started") || d.exited()
+				}, time.Minute, time.Millisecond)
+				if d.exited() {
+					assert.Contains(t, d.stderr.String(), "while one-socket was starting")
+					refused++
+				} else {
+					assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+				}
+				requireUntouched(t, victim)
+				for _, p := range []string{sock, ctl} {
+					if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() != fs.ModeSocket {
+						swapped++
+					}
+					if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						require.NoError(t, err)
+					}
+				}
 			}
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				require.NoError(t, err)
-			}
-		}
+			// The race was run: the attacker got its links in.
+			assert.NotZero(t, swapped, "the attacker never swapped a socket; the test proves nothing")
+			t.Logf("%d sockets of 200 swapped for %s, %d starts failed; the victim kept its mode, owner and group",
+				swapped, tt.name, refused)
+		})
 	}
-	// The race was run: the attacker got its links in.
-	assert.NotZero(t, swapped, "the attacker never swapped a socket; the test proves nothing")
-	t.Logf("%d sockets of 200 swapped for links, %d starts failed; the victim kept its mode", swapped, refused)
 }
 
 // rootFile is a file of root's that no attack may write or change.
@@ -182,7 +296,8 @@ func rootFile(t *testing.T) string {
 	return p
 }
 
-// requireUntouched fails t if the victim's content or mode changed.
+// requireUntouched fails t if the victim's content, mode, owner or group
+// changed.
 func requireUntouched(t *testing.T, victim string) {
 	t.Helper()
 	b, err := os.ReadFile(victim)
@@ -190,7 +305,9 @@ func requireUntouched(t *testing.T, victim string) {
 	require.Equal(t, "root only\n", string(b), "the daemon wrote to a file it must not")
 	fi, err := os.Stat(victim)
 	require.NoError(t, err)
-	require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm())
+	require.Equal(t, fs.FileMode(0o600), fi.Mode().Perm(), "the daemon changed the mode of a file it did not create")
+	st := fi.Sys().(*syscall.Stat_t)
+	require.Equal(t, [2]uint32{0, 0}, [2]uint32{st.Uid, st.Gid}, "the daemon changed the owner or group of a file it did not create")
 }
 
 // asAttacker gives path (a file or a link the test made) to attackerUID,
@@ -392,26 +509,243 @@ func TestAttackControlSocket(t *testing.T) {
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
 
-// TestAttackLogForgery asks for a key made to forge a log line and to run
-// a command where a line is pasted into a shell: the daemon's log shows it
-// escaped, on the one line of the denial.
-func TestAttackLogForgery(t *testing.T) {
-	policyPath := filepath.Join(t.TempDir(), "policy.conf")
-	writePolicy(t, policyPath, "allow key=ok\n")
+// TestAttackControlKeys sends the running daemon's control socket requests
+// whose meaning depends on which of two spellings a decoder keeps: a key
+// given twice (encoding/json keeps the last, so the first of these once
+// stopped the daemon), a key in another case (which encoding/json
+// matches), and a field no request has. Each is refused, saying why, and
+// nothing of it is done.
+func TestAttackControlKeys(t *testing.T) {
 	sock := sockPath(t)
-	d := startDaemon(t, sock, "--policy", policyPath)
-	key := []byte("x\ntime=2026-01-01T00:00:00Z level=ERROR msg=\"forged\" $(reboot)")
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	_, err := getPair(ctx, sock, key, spb.ModeClient)
-	require.Error(t, err)
-	line := d.waitLog("request denied")
-	assert.Contains(t, line, `key=x\x0atime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3d\x22forged\x22\x20\x24\x28reboot\x29 `)
-	require.Equal(t, 0, d.stop(syscall.SIGTERM))
-	for _, l := range strings.Split(d.stderr.String(), "\n") {
-		assert.NotContains(t, l, "forged\"", "a forged field: %q", l)
-		assert.False(t, strings.HasPrefix(l, "time=2026-01-01"), "a forged line: %q", l)
+	ctl := sock + ".ctl"
+	d := startDaemon(t, sock, "--ctl-socket", ctl)
+	for req, why := range map[string]string{
+		`{"command":"status","command":"stop"}`:                  `malformed request: field "command" given twice`,
+		`{"command":"stop","command":"status"}`:                  `malformed request: field "command" given twice`,
+		`{"Command":"stop"}`:                                     `malformed request: json: unknown field "Command"`,
+		`{"command":"status","COMMAND":"stop"}`:                  `malformed request: json: unknown field "COMMAND"`,
+		`{"command":"log-level","level":"info","Level":"debug"}`: `malformed request: json: unknown field "Level"`,
+		`{"command":"stop","force":true}`:                        `malformed request: json: unknown field "force"`,
+	} {
+		reply := controlRequest(t, ctl, req)
+		assert.Equal(t, false, reply["ok"], req)
+		assert.Equal(t, why, reply["error"], req)
 	}
+	st := status(t, ctl)
+	assert.Equal(t, "info", st["log_level"])
+	assert.Zero(t, d.logCount("control: stop requested"), "a refused request stopped the daemon")
+	assert.False(t, d.exited(), "the daemon stopped")
+	pairOnce(t, sock)
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// TestAttackReloadRevokes has uid 1001 wait on a key that a reload, by
+// SIGHUP or by the control socket, no longer lets it have: every one of
+// its clients is disconnected at once, a client of an allowed uid that
+// then asks for the key is not paired with any of them, and the log says,
+// at the default level, whom it dropped (pid, uid and key; the first
+// logBurst of them, then how many).
+func TestAttackReloadRevokes(t *testing.T) {
+	testutil.NeedRoot(t)
+	const waiters = 12
+	for _, trigger := range []string{"SIGHUP", "control"} {
+		t.Run(trigger, func(t *testing.T) {
+			o := newOpenDir(t)
+			sock := filepath.Join(o.dir, "one.socket")
+			ctl := filepath.Join(o.dir, "one.ctl")
+			policyPath := filepath.Join(t.TempDir(), "policy.conf")
+			writePolicy(t, policyPath, "allow uid=1001 key=shared-* mode=server\nallow uid=0\n")
+			d := startDaemon(t, sock, "--ctl-socket", ctl, "--socket-mode", "0666", "--policy", policyPath)
+			key := string(uniqueKey("shared"))
+			cmd := attackerCmd(o, "wait", sock, key, strconv.Itoa(waiters))
+			var out testutil.LockedBuffer
+			cmd.Stdout = &out
+			p := testutil.StartProc(t, "waiter", cmd)
+			require.Eventually(t, func() bool { return strings.Contains(out.String(), "waiting\n") },
+				20*time.Second, 10*time.Millisecond, "uid 1001's clients never waited: %s", out.String())
+			waitWaiting(t, ctl, waiters)
+
+			writePolicy(t, policyPath, "allow uid=0\n")
+			if trigger == "SIGHUP" {
+				require.NoError(t, d.cmd.Process.Signal(syscall.SIGHUP))
+				d.waitLog("policy reloaded")
+			} else {
+				reply := controlRequest(t, ctl, `{"command":"reload"}`)
+				require.Equal(t, true, reply["ok"], "%v", reply)
+			}
+			select {
+			case <-p.Done():
+			case <-time.After(20 * time.Second):
+				t.Fatalf("uid 1001's clients are still connected: %s", out.String())
+			}
+			assert.Equal(t, waiters, strings.Count(out.String(), "closed: "), "uid 1001's clients:\n%s", out.String())
+			assert.NotContains(t, out.String(), "paired")
+			st := status(t, ctl)
+			assert.EqualValues(t, 0, st["waiting"])
+			assert.EqualValues(t, waiters, st["denied_total"])
+
+			// Root, still allowed, asks for the key: nothing waits there
+			// to pair it with, so it waits, and then pairs with a server
+			// of its own.
+			c, err := spb.Dial(sock)
+			require.NoError(t, err)
+			defer c.Close()
+			require.NoError(t, c.SendGetPair([]byte(key), spb.ModeClient))
+			waitWaiting(t, ctl, 1)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			f, err := getPair(ctx, sock, []byte(key), spb.ModeServer)
+			require.NoError(t, err)
+			require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+			g, err := c.ReceiveSetPair()
+			require.NoError(t, err)
+			expectConnected(t, f, g)
+			f.Close()
+			g.Close()
+
+			require.Equal(t, 0, d.stop(syscall.SIGTERM))
+			stderr := d.stderr.String()
+			var named int
+			for l := range strings.SplitSeq(stderr, "\n") {
+				if strings.Contains(l, `msg="waiting client disconnected: the new policy does not allow it"`) {
+					named++
+					assert.Regexp(t, fmt.Sprintf(`level=WARN msg="[^"]+" pid=%d uid=1001 gid=1001 mode=server key=%s reason=`,
+						cmd.Process.Pid, regexp.QuoteMeta(key)), l)
+				}
+			}
+			assert.Equal(t, 10, named, "the dropped clients are named, %d at most:\n%s", 10, stderr)
+			assert.Contains(t, logLine(t, stderr, "waiting clients disconnected: the new policy does not allow them"),
+				fmt.Sprintf("dropped=%d", waiters))
+		})
+	}
+}
+
+// TestAttackLogForgery asks for keys made to forge a log line or field,
+// in the text format and in JSON, to colour or overwrite a terminal's line
+// (ANSI escapes, a carriage return), and to run a command where a line is
+// pasted into a shell. Every line the daemon writes then parses as one
+// record, each denial with exactly its fields and the key escaped, and no
+// control byte reaches the output.
+func TestAttackLogForgery(t *testing.T) {
+	forged := map[string]string{
+		"x\ntime=2026-01-01T00:00:00Z level=ERROR msg=\"forged\" $(reboot)":    `x\x0atime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3d\x22forged\x22\x20\x24\x28reboot\x29`,
+		"\x1b[31mred\x1b[0m\rtime=2026-01-01T00:00:00Z level=ERROR msg=forged": `\x1b\x5b31mred\x1b\x5b0m\x0dtime\x3d2026-01-01T00:00:00Z\x20level\x3dERROR\x20msg\x3dforged`,
+		`x","level":"ERROR","msg":"forged`:                                     `x\x22,\x22level\x22:\x22ERROR\x22,\x22msg\x22:\x22forged`,
+	}
+	denial := []string{"time", "level", "msg", "pid", "uid", "gid", "mode", "key", "reason"}
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			policyPath := filepath.Join(t.TempDir(), "policy.conf")
+			writePolicy(t, policyPath, "allow key=ok\n")
+			sock := sockPath(t)
+			d := startDaemon(t, sock, "--policy", policyPath, "--log-format", format)
+			for key := range forged {
+				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+				_, err := getPair(ctx, sock, []byte(key), spb.ModeClient)
+				cancel()
+				require.Error(t, err)
+			}
+			require.Eventually(t, func() bool { return strings.Count(d.stderr.String(), "request denied") == len(forged) },
+				15*time.Second, 10*time.Millisecond, "not every request was denied:\n%s", d.stderr.String())
+			require.Equal(t, 0, d.stop(syscall.SIGTERM))
+			out := d.stderr.String()
+			for i := range len(out) {
+				if c := out[i]; (c < ' ' && c != '\n') || c == 0x7f {
+					t.Fatalf("control byte %#x at %d reached the log:\n%q", c, i, out)
+				}
+			}
+			var keys []string
+			for l := range strings.SplitSeq(strings.TrimSuffix(out, "\n"), "\n") {
+				names, values, err := parseRecord(format, l)
+				require.NoError(t, err, "a line that is not one record: %q", l)
+				require.GreaterOrEqual(t, len(names), 3, "%q", l)
+				assert.Equal(t, []string{"time", "level", "msg"}, names[:3], "%q", l)
+				assert.NotContains(t, values["msg"], "forged", "a forged record: %q", l)
+				if values["msg"] == "request denied" {
+					assert.Equal(t, denial, names, "the fields of a denial: %q", l)
+					keys = append(keys, values["key"])
+				}
+			}
+			assert.ElementsMatch(t, slices.Collect(maps.Values(forged)), keys, "the keys as logged")
+		})
+	}
+}
+
+// parseRecord splits one log line of format (text or json) into its field
+// names, in order, and their values as text; it fails unless the whole
+// line is one record.
+func parseRecord(format, line string) ([]string, map[string]string, error) {
+	var names []string
+	values := map[string]string{}
+	if format == "json" {
+		dec := json.NewDecoder(strings.NewReader(line))
+		if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+			return nil, nil, fmt.Errorf("not a JSON object: %v", err)
+		}
+		for dec.More() {
+			t, err := dec.Token()
+			if err != nil {
+				return nil, nil, err
+			}
+			var v any
+			if err := dec.Decode(&v); err != nil {
+				return nil, nil, err
+			}
+			name := t.(string)
+			if _, dup := values[name]; dup {
+				return nil, nil, fmt.Errorf("field %q twice", name)
+			}
+			names = append(names, name)
+			values[name] = fmt.Sprint(v)
+		}
+		if _, err := dec.Token(); err != nil {
+			return nil, nil, err
+		}
+		if dec.More() || int(dec.InputOffset()) != len(line) {
+			return nil, nil, errors.New("data after the record")
+		}
+		return names, values, nil
+	}
+	// slog's text format: name=value separated by one space, a value
+	// quoted as Go does when it holds a space, '=', '"' or a control
+	// character.
+	for rest := line; ; {
+		name, after, ok := strings.Cut(rest, "=")
+		if !ok || name == "" || strings.ContainsAny(name, " \"") {
+			return nil, nil, fmt.Errorf("no name=value at %q", rest)
+		}
+		var value string
+		if strings.HasPrefix(after, `"`) {
+			q, err := strconv.QuotedPrefix(after)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", name, err)
+			}
+			value, _ = strconv.Unquote(q)
+			rest = after[len(q):]
+		} else {
+			end := strings.IndexByte(after, ' ')
+			if end < 0 {
+				end = len(after)
+			}
+			value, rest = after[:end], after[end:]
+			if strings.ContainsAny(value, "\"=") {
+				return nil, nil, fmt.Errorf("%s: unquoted value %q", name, value)
+			}
+		}
+		if _, dup := values[name]; dup {
+			return nil, nil, fmt.Errorf("field %q twice", name)
+		}
+		names = append(names, name)
+		values[name] = value
+		if rest == "" {
+			break
+		}
+		if rest[0] != ' ' {
+			return nil, nil, fmt.Errorf("%s: no space after the value", name)
+		}
+		rest = rest[1:]
+	}
+	return names, values, nil
 }
 
 // TestAttackFlood has uid 1001 hold as many connections as it can, silent
@@ -470,6 +804,51 @@ func TestAttackFlood(t *testing.T) {
 			assert.LessOrEqual(t, lines, 10, "%q not rate-limited", tt.line)
 		})
 	}
+}
+
+// TestAttackFloodUnprivileged is TestAttackFlood with a victim that, unlike
+// root, has a share too: uid 1002 pairs its own clients while uids 1001
+// and 1003 each hold their whole share (half the broker) with silent and
+// 1-byte-a-second connections, reconnecting whenever one is closed. The
+// broker is thus full of handshakes, and a 1 s handshake deadline drops
+// and lets back hundreds of them each second while the victim pairs for
+// several deadlines. Every one of its pairings must succeed.
+func TestAttackFloodUnprivileged(t *testing.T) {
+	testutil.NeedRoot(t)
+	const victimUID = 1002
+	o := newOpenDir(t)
+	sock := filepath.Join(o.dir, "one.socket")
+	ctl := filepath.Join(o.dir, "one.ctl")
+	d := startDaemon(t, sock, "--ctl-socket", ctl, "--socket-mode", "0666",
+		"--max-conns", "200", "--handshake-timeout", "1s")
+	for _, uid := range []uint32{attackerUID, 1003} {
+		startAttackerAs(t, o, uid, "flood", sock, "150", "silent")
+		startAttackerAs(t, o, uid, "flood", sock, "150", "slow")
+	}
+	require.Eventually(t, func() bool { return status(t, ctl)["conns"] == float64(200) },
+		time.Minute, 10*time.Millisecond, "the flood never filled the broker")
+	before := status(t, ctl)
+
+	out, err := attackerCmdAs(o, victimUID, "pairs", sock, "4s").Output()
+	assert.NoError(t, err, "the victim's pairings:\n%s", out)
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	var paired, tried int
+	_, err = fmt.Sscanf(lines[len(lines)-1], "paired %d of %d", &paired, &tried)
+	require.NoError(t, err, "the victim's last line:\n%s", out)
+	assert.Equal(t, tried, paired, "pairings of uid %d that failed:\n%s", victimUID, out)
+	assert.NotZero(t, paired)
+
+	after := status(t, ctl)
+	// The flood ran as it should for the test to prove anything: the
+	// deadline dropped the flooders' connections while the victim paired,
+	// and the victim got in only by shedding them.
+	assert.Greater(t, after["timed_out_total"], before["timed_out_total"], "no handshake deadline passed")
+	assert.Greater(t, after["shed_total"], before["shed_total"], "nothing was shed for the victim")
+	t.Logf("uid %d paired %d times; meanwhile %v handshakes timed out, %v were shed, %v connections refused",
+		victimUID, paired, after["timed_out_total"].(float64)-before["timed_out_total"].(float64),
+		after["shed_total"].(float64)-before["shed_total"].(float64),
+		after["refused_total"].(float64)-before["refused_total"].(float64))
+	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
 
 // BenchmarkPairUnderFlood measures root's pairings while uid 1001 floods

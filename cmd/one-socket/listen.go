@@ -84,17 +84,51 @@ func listenFile(path string, mode fs.FileMode, gid int) (*net.UnixListener, *soc
 	// usually) may connect in between, nobody else. A chown does not clear
 	// a socket's permission bits.
 	if gid != -1 {
-		if err := unix.Fchownat(unix.AT_FDCWD, path, -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fail(fmt.Errorf("setting the socket's group: %w", os.NewSyscallError("fchownat", err)))
+		if err := chownSocket(path, gid); err != nil {
+			return fail(err)
 		}
 	}
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); errors.Is(err, unix.ENOENT) || (err == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK) {
-		return fail(fmt.Errorf("%s was removed or replaced while one-socket was starting", path))
+		return fail(errReplaced(path))
 	} else if err != nil {
 		return fail(os.NewSyscallError("lstat", err))
 	}
 	return ln, &socketFile{path: path, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// errReplaced says that what the daemon bound at path is gone.
+func errReplaced(path string) error {
+	return fmt.Errorf("%s was removed or replaced while one-socket was starting", path)
+}
+
+// chownSocket gives the socket file just bound at path to group gid. A
+// user who may write the directory can have put something else there
+// since: a symbolic link, or a hard link to a file of root's (where
+// fs.protected_hardlinks is 0), which a chown by path would give the
+// group. So it opens path without following a link, changes the group
+// through that descriptor only if it is a socket of the daemon's uid
+// with one name, as a new socket is, and closes the descriptor.
+func chownSocket(path string, gid int) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return errReplaced(path)
+	}
+	if err != nil {
+		return fmt.Errorf("setting the socket's group: %w", os.NewSyscallError("open", err))
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("setting the socket's group: %w", os.NewSyscallError("fstat", err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Nlink != 1 || st.Uid != uint32(os.Geteuid()) {
+		return errReplaced(path)
+	}
+	if err := unix.Fchownat(fd, "", -1, gid, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("setting the socket's group: %w", os.NewSyscallError("fchownat", err))
+	}
+	return nil
 }
 
 // clearPath makes path free for bind: nothing there is fine, a socket

@@ -23,17 +23,34 @@ type Authorizer interface {
 // SetAuthorizer replaces the access decision; nil allows everything. It
 // applies to requests from now on and to the clients already waiting: a
 // policy that no longer allows one must not let it be paired, so those are
-// disconnected and counted as denied. Safe from any goroutine.
+// disconnected, counted as denied and logged. On a serving broker the
+// loop puts a in force and rechecks the waiters in one turn, so that no
+// request is judged by a while a waiter it refuses still waits; then
+// SetAuthorizer returns. Safe from any goroutine but the loop's.
 func (b *Broker) SetAuthorizer(a Authorizer) {
-	if a == nil {
-		b.auth.Store(nil)
-		return
+	var ap *Authorizer
+	if a != nil {
+		ap = &a
 	}
-	b.auth.Store(&a)
-	b.post(func(l *loop) { l.recheckWaiters(a) })
+	if b.call(func(l *loop) { l.setAuthorizer(ap) }) == ErrClosed {
+		// Not serving: no client waits, and the loop reads it when it
+		// starts.
+		b.auth.Store(ap)
+	}
 }
 
-// recheckWaiters disconnects the waiting clients that a no longer allows.
+// setAuthorizer puts ap in force (nil allows everything) and disconnects
+// the waiting clients it no longer allows.
+func (l *loop) setAuthorizer(ap *Authorizer) {
+	l.b.auth.Store(ap)
+	if ap != nil {
+		l.recheckWaiters(*ap)
+	}
+}
+
+// recheckWaiters disconnects the waiting clients that a no longer allows,
+// naming each at warn level (as many as revokeLog lets through) and then
+// how many there were.
 func (l *loop) recheckWaiters(a Authorizer) {
 	dropped := 0
 	for fd := range l.conns {
@@ -42,16 +59,17 @@ func (l *loop) recheckWaiters(a Authorizer) {
 			continue
 		}
 		p, err := l.peer(fd)
-		if err == nil {
-			if err = a.Authorize(p, []byte(c.key), c.mode); err == nil {
-				continue
-			}
+		args := []any{"pid", p.PID, "uid", p.UID, "gid", p.GID}
+		if err != nil {
+			args = []any{"peer_err", err}
+		} else if err = a.Authorize(p, []byte(c.key), c.mode); err == nil {
+			continue
 		}
 		l.b.stats.denied.Add(1)
 		dropped++
-		if l.debug {
-			l.b.log.Debug("waiting client no longer allowed", "pid", p.PID, "uid", p.UID, "gid", p.GID,
-				"mode", c.mode.String(), "key", logsafe.Key([]byte(c.key)), "reason", err)
+		if ok, suppressed := l.revokeLog.allow(l.now); ok {
+			args = append(args, "mode", c.mode.String(), "key", logsafe.Key([]byte(c.key)), "reason", err)
+			l.b.log.Warn("waiting client disconnected: the new policy does not allow it", suppressedArg(args, suppressed)...)
 		}
 		l.drop(int32(fd))
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -85,6 +86,101 @@ func TestSetAuthorizerRechecksWaiters(t *testing.T) {
 	banned.close()
 	e.waitStats(t, "Denied == 1, Waiting == 1", func(s broker.Stats) bool { return s.Denied == 1 && s.Waiting == 1 })
 	pairBoth(t, kept, e.request(t, "kept", libspbroker.ModeClient))
+	bl.verify(t)
+}
+
+// judgeLog records which policy judged which request, as policy:key/mode.
+type judgeLog struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (j *judgeLog) add(policy string, key []byte, mode libspbroker.Mode) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.log = append(j.log, policy+":"+string(key)+"/"+mode.String())
+}
+
+func (j *judgeLog) has(entry string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Contains(j.log, entry)
+}
+
+// gateAuth allows everything, but holds the loop inside Authorize on the
+// key "gate" until release is closed.
+type gateAuth struct {
+	entered, release chan struct{}
+	*judgeLog
+}
+
+func (g *gateAuth) Authorize(_ broker.Peer, key []byte, mode libspbroker.Mode) error {
+	g.add("old", key, mode)
+	if string(key) == "gate" {
+		close(g.entered)
+		<-g.release
+	}
+	return nil
+}
+
+// revokeServers refuses servers on one key.
+type revokeServers struct {
+	key string
+	*judgeLog
+}
+
+func (r *revokeServers) Authorize(_ broker.Peer, key []byte, mode libspbroker.Mode) error {
+	r.add("new", key, mode)
+	if string(key) == r.key && mode == libspbroker.ModeServer {
+		return errors.New("servers revoked")
+	}
+	return nil
+}
+
+// TestSetAuthorizerOneTurn has a request and a new policy that refuses the
+// waiter it would pair with reach the loop together: the request is
+// judged either by the old policy, and pairs, or by the new one once the
+// waiter is gone. It is never judged by the new policy and paired with a
+// waiter that policy refuses, as it was when the policy was put in force
+// before the loop rechecked the waiters.
+func TestSetAuthorizerOneTurn(t *testing.T) {
+	judged := &judgeLog{}
+	gate := &gateAuth{entered: make(chan struct{}), release: make(chan struct{}), judgeLog: judged}
+	e := startBroker(t, &broker.Config{Authorizer: gate})
+	bl := snapshot(t, e)
+	w := e.park(t, "k", libspbroker.ModeServer)
+	g := e.request(t, "gate", libspbroker.ModeClient)
+	select {
+	case <-gate.entered:
+	case <-time.After(ioTimeout):
+		t.Fatal("the gate's request never reached the authorizer")
+	}
+	// The loop is held: the newcomer and the new policy reach it at once.
+	n := e.request(t, "k", libspbroker.ModeClient)
+	set := make(chan struct{})
+	go func() {
+		e.SetAuthorizer(&revokeServers{key: "k", judgeLog: judged})
+		close(set)
+	}()
+	require.Eventually(t, func() bool { return e.PendingCalls() > 0 }, ioTimeout, time.Millisecond,
+		"SetAuthorizer posted nothing to the loop")
+	close(gate.release)
+	<-set
+	require.Eventually(t, func() bool { return judged.has("old:k/client") || judged.has("new:k/client") },
+		ioTimeout, time.Millisecond, "the newcomer's request was never judged")
+
+	if judged.has("new:k/client") {
+		w.expectClosed()
+		assert.True(t, n.quiet(50*time.Millisecond), "the newcomer was not left waiting")
+	} else {
+		pairBoth(t, w, n)
+	}
+	judged.mu.Lock()
+	t.Logf("judged: %v", judged.log)
+	judged.mu.Unlock()
+	n.close()
+	w.close()
+	g.close()
 	bl.verify(t)
 }
 

@@ -64,3 +64,10 @@ func SetHash(h func([]byte) uint64) (restore func()) {
 	testHash = h
 	return func() { testHash = nil }
 }
+
+// PendingCalls returns how many posted calls wait for the loop goroutine.
+func (b *Broker) PendingCalls() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.calls)
+}

@@ -91,8 +91,9 @@ type loop struct {
 	pair    [2]int // a socketpair made but not yet handed out, or -1s
 	debug   bool
 	lastLog int64 // last limit warning
-	// The lines a flood could repeat: denials, quota refusals, sheds.
-	denyLog, quotaLog, shedLog logLimit
+	// The lines a flood could repeat: denials, quota refusals, sheds,
+	// and the waiters a new policy disconnects.
+	denyLog, quotaLog, shedLog, revokeLog logLimit
 	// The ConnStore's calls not made yet (store.go), from storeHead on;
 	// storeBusyAt is when the store last said it was busy, or 0.
 	storeQ        []storeOp

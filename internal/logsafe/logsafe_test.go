@@ -24,11 +24,17 @@ func TestKey(t *testing.T) {
 	}
 }
 
-// FuzzKey checks what the text handler makes of any key: one line, one
-// key= field, nothing quoted.
+// FuzzKey checks what Key makes of any key: printable ASCII only, which
+// the text handler writes as one line, one key= field, nothing quoted.
 func FuzzKey(f *testing.F) {
 	f.Add([]byte("a\nb=c \"d\""))
+	f.Add([]byte("\x1b[31mred\x1b[0m\rlevel=ERROR"))
 	f.Fuzz(func(t *testing.T, key []byte) {
+		for _, c := range []byte(Key(key)) {
+			if c <= ' ' || c >= 0x7f {
+				t.Fatalf("key %q escaped as %q, with byte %#x", key, Key(key), c)
+			}
+		}
 		var buf bytes.Buffer
 		slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 			if a.Key == slog.TimeKey {

@@ -143,6 +143,12 @@ func TestAllowKeys(t *testing.T) {
 		{"hex:ff", []string{"\xff"}, []string{"f"}},
 		{"prefix:vm-", []string{"vm-", "vm-1"}, []string{"vm", "xvm-"}},
 		{"prefix:a*", []string{"a*", "a*b"}, []string{"ab"}},
+		// Keys are not paths: nothing resolves "..", so a key can only
+		// reach what its own bytes match, and the broker pairs only
+		// equal keys.
+		{"tenant-b/*", []string{"tenant-b/x", "tenant-b/../tenant-a/x"}, []string{"tenant-a/../tenant-b/x", "./tenant-b/x", "tenant-b"}},
+		{"a/../b", []string{"a/../b"}, []string{"b", "a/b", "a/./b"}},
+		{"prefix:..", []string{"..", "../x"}, []string{".", "x/.."}},
 	} {
 		t.Run(tc.pattern, func(t *testing.T) {
 			p := parse(t, "allow key="+tc.pattern+"\n")
