@@ -117,6 +117,12 @@ func (l *loop) refuseNoRoom(e unix.Errno) {
 // refuseNoRoom paused the listener.
 func (l *loop) resumeListener() {
 	if l.pausedAt != 0 && l.now-l.pausedAt >= int64(listenPause) {
+		// The spare is gone if the table filled up again before
+		// refuseNoRoom could reopen it: without it, every later shortage
+		// would pause the listener instead of refusing one client.
+		if l.spareFD < 0 {
+			l.spareFD = openSpare()
+		}
 		if l.ctl(unix.EPOLL_CTL_MOD, l.lfd, unix.EPOLLIN, 0) == nil {
 			l.pausedAt = 0
 		}

@@ -3,6 +3,8 @@ package broker
 import (
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // PollDelay exports pollDelay: how long a parked client waits before the
@@ -70,4 +72,22 @@ func (b *Broker) PendingCalls() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.calls)
+}
+
+// DropSpare closes the loop's spare descriptor, as if it could not be
+// reopened after the last shortage; it reports false if the broker is not
+// serving.
+func (b *Broker) DropSpare() bool {
+	done := make(chan struct{})
+	if !b.post(func(l *loop) {
+		if l.spareFD >= 0 {
+			unix.Close(l.spareFD)
+			l.spareFD = -1
+		}
+		close(done)
+	}) {
+		return false
+	}
+	<-done
+	return true
 }

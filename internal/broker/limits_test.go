@@ -302,3 +302,67 @@ func TestOutOfDescriptors(t *testing.T) {
 	// The spare descriptor is open again: back to the baseline exactly.
 	bl.verify(t)
 }
+
+// Without its spare descriptor (lost when the table filled up again
+// before it could be reopened) the engine cannot refuse the client that
+// finds it out of descriptors: it pauses the listener instead of spinning
+// on accept, takes the spare back once there is room, and then accepts the
+// client that waited in the backlog.
+func TestOutOfDescriptorsWithoutSpare(t *testing.T) {
+	e := startBroker(t, &broker.Config{MaxConns: 1 << 20})
+	bl := snapshot(t, e)
+	require.True(t, e.DropSpare())
+
+	var saved unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &saved))
+	restore := sync.OnceFunc(func() { require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &saved)) })
+	t.Cleanup(restore)
+	low := saved
+	low.Cur = uint64(countFDs(t) + 8)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &low))
+	// Fill the table but for one slot, which the client's socket takes:
+	// the engine's accept then has none.
+	var fillers []int
+	closeFillers := sync.OnceFunc(func() {
+		for _, fd := range fillers {
+			unix.Close(fd)
+		}
+	})
+	t.Cleanup(closeFillers)
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.EMFILE) {
+			break
+		}
+		require.NoError(t, err)
+		fillers = append(fillers, fd)
+	}
+	require.NotEmpty(t, fillers)
+	unix.Close(fillers[len(fillers)-1])
+	fillers = fillers[:len(fillers)-1]
+	fd, err := tryDial(e.path)
+	require.NoError(t, err)
+	c := &client{t: t, fd: fd}
+	t.Cleanup(c.close)
+
+	// A loop spinning on the listener would burn the whole second; a
+	// paused one wakes ten times.
+	var r0, r1 unix.Rusage
+	require.NoError(t, unix.Getrusage(unix.RUSAGE_SELF, &r0))
+	time.Sleep(time.Second)
+	require.NoError(t, unix.Getrusage(unix.RUSAGE_SELF, &r1))
+	cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
+	t.Logf("CPU used in the second out of descriptors: %v", cpu)
+	assert.Less(t, cpu, 500*time.Millisecond, "the engine spun on a listener it could not accept from")
+	assert.Zero(t, e.Stats().Accepted, "a connection was accepted without a descriptor")
+
+	closeFillers()
+	restore()
+	// The client waited in the backlog: it is accepted and pairs.
+	c.sendUnlessClosed(getPair("no-spare", libspbroker.ModeServer))
+	e.waitWaiting(t, 1)
+	pairBoth(t, c, e.request(t, "no-spare", libspbroker.ModeClient))
+	c.close()
+	// The spare is open again: back to the baseline exactly.
+	bl.verify(t)
+}
