@@ -204,8 +204,9 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 		return fmt.Errorf("opening this binary for a fallback: %w", os.NewSyscallError("open", err))
 	}
 	defer unix.Close(self)
-	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", envKeeper),
+	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", envKeeper, envMaxConns),
 		handover.FallbackEnv(self, os.Args)...)
+	env = append(env, maxConnsEnv(d.b.MaxConns()))
 	// Unset at start; the new program needs it for READY=1.
 	env = append(env, d.notify.Env()...)
 	keep := []int{self}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
@@ -575,4 +576,56 @@ func TestUpgradeCarriesCounters(t *testing.T) {
 	pairOnce(t, sock)
 	assert.Eventually(t, func() bool { return pairedIs(4) }, 20*time.Second, 10*time.Millisecond)
 	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// openFDs counts the descriptors process pid holds.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	require.NoError(t, err)
+	return len(ents)
+}
+
+// TestUpgradeNoDescriptors upgrades a daemon whose descriptor limit was
+// lowered under it (prlimit, as an operator would): first to what it
+// holds, when the upgrade's own checks cannot run and it is refused; then
+// to a few more, enough for the checks and too few for the new program,
+// which finds no room for clients and gives them back. The previous
+// program must serve the same waiters, in the same process, with the
+// limit it had: it once failed as the new one had, and every client was
+// lost.
+func TestUpgradeNoDescriptors(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl)
+	pid := d.pid()
+	before := status(t, ctl)["max_conns"]
+	ws := startWaiters(t, sock, 3)
+	waitWaiting(t, ctl, 3)
+
+	var rl unix.Rlimit
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &rl))
+	full := unix.Rlimit{Cur: uint64(openFDs(t, pid)), Max: rl.Max}
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &full, nil))
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	assert.Contains(t, d.waitLog("upgrade refused"), "too many open files")
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &rl, nil))
+	waitWaiting(t, ctl, 3)
+
+	// 12 more: the checks need 7 at most; the new program keeps 32 free
+	// besides what it holds, and finds the limit leaves no room.
+	n := uint64(openFDs(t, pid) + 12)
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}, nil))
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	line := d.waitLog("the new program could not start; this one took the clients back")
+	assert.Contains(t, line, fmt.Sprintf("RLIMIT_NOFILE of %d leaves no room for clients", n))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=3 waiting=3 ")
+	st := status(t, ctl)
+	assert.EqualValues(t, pid, st["pid"])
+	assert.Equal(t, before, st["max_conns"])
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl)
 }
