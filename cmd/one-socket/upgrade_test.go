@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -628,4 +629,83 @@ func TestUpgradeNoDescriptors(t *testing.T) {
 	pairOnce(t, sock)
 	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
 	requireGone(t, sock, ctl)
+}
+
+// manyClients is how many clients TestUpgradeManyClients holds at the
+// upgrade: as many as once shrank the limit from 19,958 to 16,656.
+const manyClients = 3_300
+
+// TestUpgradeManyClients upgrades a daemon that holds 3,300 clients of
+// every kind: root's waiters, silent connections and half-sent requests,
+// and uid 1001's silent and half-sent ones. The new program must take all
+// of them over with the connection limit the daemon had (it once counted
+// them as its own overhead, and the limit stayed shrunk after they left),
+// keep that limit once they are gone and across another upgrade, and pair.
+func TestUpgradeManyClients(t *testing.T) {
+	testutil.NeedRoot(t)
+	var rl unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
+	require.Greater(t, rl.Cur, uint64(manyClients+500), "the test needs more descriptors than RLIMIT_NOFILE allows")
+	o := newOpenDir(t)
+	sock, ctl := filepath.Join(o.dir, "one.socket"), filepath.Join(o.dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, o.dir), sock, "--ctl-socket", ctl, "--socket-mode", "0666",
+		"--handshake-timeout", "10m")
+	before := status(t, ctl)
+	connsAre := func(n int) {
+		t.Helper()
+		require.Eventually(t, func() bool { return status(t, ctl)["conns"] == float64(n) },
+			time.Minute, 10*time.Millisecond, "the daemon never held %d connections", n)
+	}
+
+	// Root: 300 waiters, 700 silent, 300 half-sent; uid 1001: 1,000 each.
+	ws := startWaiters(t, sock, 300)
+	wire := getPairWire(uniqueKey("half"), spb.ModeServer)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := range 1000 {
+		c, err := net.Dial("unix", sock)
+		require.NoError(t, err)
+		held = append(held, c)
+		if i < 300 {
+			_, err = c.Write(wire[:len(wire)/2])
+			require.NoError(t, err)
+		}
+	}
+	hostile := []*testutil.Proc{
+		startAttacker(t, o, "hold", sock, "1000", "0"),
+		startAttacker(t, o, "hold", sock, "1000", strconv.Itoa(len(wire)/2)),
+	}
+	connsAre(manyClients)
+
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), fmt.Sprintf("msg=upgraded clients=%d waiting=300 ", manyClients))
+	st := status(t, ctl)
+	for _, k := range []string{"max_conns", "max_conns_per_uid"} {
+		assert.Equal(t, before[k], st[k], "%s right after the upgrade", k)
+	}
+	// The new engine counts the clients as it takes them in, after the
+	// log line: all of them, none lost.
+	connsAre(manyClients)
+	pairOnce(t, sock)
+	pairWaiters(t, sock, ws)
+
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	for _, p := range hostile {
+		p.Kill()
+	}
+	connsAre(0)
+	assert.Equal(t, before["max_conns"], status(t, ctl)["max_conns"], "once the clients left")
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 2)
+	assert.Equal(t, before["max_conns"], status(t, ctl)["max_conns"], "after another upgrade")
+	pairOnce(t, sock)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
