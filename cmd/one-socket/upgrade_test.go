@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -708,4 +710,165 @@ func TestUpgradeManyClients(t *testing.T) {
 	assert.Equal(t, before["max_conns"], status(t, ctl)["max_conns"], "after another upgrade")
 	pairOnce(t, sock)
 	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// BenchmarkUpgradeGap measures how long nobody accepts during an upgrade
+// by SIGUSR2: the old program serves through the new binary's checks, and
+// stops from the hand-over until the new program serves; clients that
+// connect in between wait in the socket's queue. A client pairs back to
+// back while the daemon, holding the waiters given, upgrades once an
+// iteration; the slowest pairing of each upgrade is the gap plus one
+// pairing, reported as its median and worst, with the daemon's own
+// median time from "upgrading" to "upgraded" (its log has milliseconds).
+//
+//	go test -run '^$' -bench UpgradeGap -benchtime 20x ./cmd/one-socket/
+func BenchmarkUpgradeGap(b *testing.B) {
+	for _, waiters := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("waiters=%d", waiters), func(b *testing.B) {
+			sock := filepath.Join(b.TempDir(), "one.socket")
+			var stderr testutil.LockedBuffer
+			cmd := exec.Command(daemonBin, "--socket", sock, "--ctl-socket", "none")
+			cmd.Env, cmd.Stderr = daemonEnv(), &stderr
+			testutil.StartProc(b, "one-socket", cmd)
+			for {
+				if c, err := net.Dial("unix", sock); err == nil {
+					c.Close()
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			for range waiters {
+				c, err := spb.Dial(sock)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { c.Close() })
+				if err := c.SendGetPair(uniqueKey("wait"), spb.ModeServer); err != nil {
+					b.Fatal(err)
+				}
+			}
+
+			// The pairer: one pairing at a time, each one's start and
+			// length kept.
+			type pairing struct {
+				start time.Time
+				took  time.Duration
+			}
+			var mu sync.Mutex
+			var done []pairing
+			var failed atomic.Value
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					key, start := uniqueKey("gap"), time.Now()
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					errs := make(chan error, 1)
+					go func() {
+						f, err := getPair(ctx, sock, key, spb.ModeServer)
+						if err == nil {
+							f.Close()
+						}
+						errs <- err
+					}()
+					f, err := getPair(ctx, sock, key, spb.ModeClient)
+					if err == nil {
+						f.Close()
+					}
+					err = errors.Join(err, <-errs)
+					cancel()
+					if err != nil {
+						failed.CompareAndSwap(nil, err)
+						return
+					}
+					mu.Lock()
+					done = append(done, pairing{start, time.Since(start)})
+					mu.Unlock()
+				}
+			})
+			defer func() {
+				close(stop)
+				wg.Wait()
+			}()
+
+			var worst []time.Duration
+			upgrades := 0
+			for b.Loop() {
+				mu.Lock()
+				from := len(done)
+				mu.Unlock()
+				sent := time.Now()
+				if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+					b.Fatal(err)
+				}
+				upgrades++
+				for strings.Count(stderr.String(), "msg=upgraded ") < upgrades {
+					if err := failed.Load(); err != nil {
+						b.Fatalf("a pairing failed: %v", err)
+					}
+					if time.Since(sent) > 20*time.Second {
+						b.Fatalf("no upgrade:\n%s", stderr.String())
+					}
+					time.Sleep(time.Millisecond)
+				}
+				// The pairer runs one pairing at a time: once one began after
+				// the new program served, the one held up by the upgrade is
+				// done.
+				served := time.Now()
+				var w time.Duration
+				for {
+					mu.Lock()
+					after := slices.Clone(done[from:])
+					mu.Unlock()
+					if n := len(after); n > 0 && after[n-1].start.After(served) {
+						for _, p := range after {
+							w = max(w, p.took)
+						}
+						break
+					}
+					if err := failed.Load(); err != nil {
+						b.Fatalf("a pairing failed: %v", err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				worst = append(worst, w)
+			}
+			if err := failed.Load(); err != nil {
+				b.Fatalf("a pairing failed: %v", err)
+			}
+			b.StopTimer()
+			slices.Sort(worst)
+			b.ReportMetric(float64(worst[len(worst)/2].Microseconds())/1000, "worst-pairing-p50-ms")
+			b.ReportMetric(float64(worst[len(worst)-1].Microseconds())/1000, "worst-pairing-max-ms")
+			b.ReportMetric(float64(medianGap(b, stderr.String()).Microseconds())/1000, "daemon-gap-p50-ms")
+		})
+	}
+}
+
+// medianGap is the median time from each "upgrading" line of a text log
+// to the "upgraded" line after it.
+func medianGap(b *testing.B, log string) time.Duration {
+	var gaps []time.Duration
+	var begun time.Time
+	for line := range strings.SplitSeq(log, "\n") {
+		stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		switch {
+		case err != nil:
+		case strings.Contains(line, "msg=upgrading "):
+			begun = at
+		case strings.Contains(line, "msg=upgraded ") && !begun.IsZero():
+			gaps = append(gaps, at.Sub(begun))
+		}
+	}
+	if len(gaps) == 0 {
+		b.Fatalf("no upgrade in the log:\n%s", log)
+	}
+	slices.Sort(gaps)
+	return gaps[len(gaps)/2]
 }
