@@ -4,8 +4,9 @@
 // the built programs print them in --help, are the ones README.md,
 // doc/one-socket.md, doc/one-socketctl.md and the manual pages describe;
 // that every Go block of doc/go.md compiles against the module from a
-// module of its own, as a user's program would; and that the hex dumps in
-// doc/protocol.md are what the encoder produces.
+// module of its own, as a user's program would; that the hex dumps in
+// doc/protocol.md are what the encoder produces; and that every test a
+// document names exists.
 //
 // Each failure names the file, the line where there is one, and what is
 // wrong. The tests build one-socket and one-socketctl once, into a
