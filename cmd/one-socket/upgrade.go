@@ -118,7 +118,7 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 		d.forgetStored()
 	}
 	if rerr := d.resume(st, ctlFD); rerr != nil {
-		log.Error("cannot resume after the failed upgrade", "err", rerr)
+		log.Error("cannot resume after the failed upgrade", "err", rerr, "upgrade_err", err)
 		return errors.Join(err, rerr)
 	}
 	d.ready()
