@@ -5,8 +5,10 @@
 // doc/one-socket.md, doc/one-socketctl.md and the manual pages describe;
 // that every Go block of doc/go.md compiles against the module from a
 // module of its own, as a user's program would; that the hex dumps in
-// doc/protocol.md are what the encoder produces; and that every sample log
-// line has the keys, in order, of the line a real daemon writes.
+// doc/protocol.md are what the encoder produces; that every sample log
+// line has the keys, in order, of the line a real daemon writes; that the
+// Kubernetes guide shows the DaemonSet's command line; and that every test
+// a document names exists.
 //
 // Each failure names the file, the line where there is one, and what is
 // wrong. The tests build one-socket and one-socketctl once, into a

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -150,6 +151,28 @@ func attacker(spec string) int {
 			}
 		}
 		return 0
+	case "hold":
+		// Open n connections that each send the first b bytes of a
+		// GET_PAIR (none: silent) and nothing more, and hold them.
+		n, _ := strconv.Atoi(args[2])
+		b, _ := strconv.Atoi(args[3])
+		part := getPairWire([]byte("hostile"), spb.ModeServer)[:b]
+		held := make([]net.Conn, 0, n)
+		for range n {
+			c, err := net.Dial("unix", args[1])
+			if err == nil && b > 0 {
+				_, err = c.Write(part)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			held = append(held, c)
+		}
+		for {
+			time.Sleep(time.Hour)
+			runtime.KeepAlive(held) // unreachable, they would be closed
+		}
 	case "control":
 		// Send one request to the control socket and print the reply.
 		c, err := net.Dial("unix", args[1])

@@ -80,7 +80,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set.SetOutput(stderr)
 	set.StringVar(&cfg.socket, "socket", "", "listen on `PATH`; a name starting with '@' is a Linux abstract socket\n"+
 		"(default: $"+envSocketPath+", else "+paths.RootBrokerSocket+" for root,\nelse $XDG_RUNTIME_DIR/one.socket)")
-	set.Var((*modeValue)(&cfg.socketMode), "socket-mode", "set the socket file's permission bits to `MODE` (octal) after bind")
+	set.Var((*modeValue)(&cfg.socketMode), "socket-mode", "give the socket file the permission bits `MODE` (octal) as bind creates it")
 	set.StringVar(&cfg.ctlSocket, "ctl-socket", "", "serve the control protocol (one-socketctl) on `PATH`, mode 0600;\n"+
 		"\"none\" or \"\" disables it (default: $"+envCtlPath+", else\n"+paths.ControlSocketName+" in the broker socket's directory)")
 	set.Var((*levelValue)(&cfg.logLevel), "log-level", "log at `LEVEL` and above: debug, info, warn or error;\ndebug adds a line per client event")
@@ -93,12 +93,13 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	set.IntVar(&cfg.maxConns, "max-conns", 0, "accept at most `N` client connections at once;\n0 derives N from the descriptor limit")
 	set.StringVar(&cfg.policy, "policy", "", "decide who may ask for which keys by the policy file `FILE`;\n"+
 		"SIGHUP or 'one-socketctl reload' rereads it")
-	set.IntVar(&cfg.maxConnsPerUID, "max-conns-per-uid", 0, "let each user (by uid) hold at most `N` connections, sending or waiting;\n"+
-		"0 means half of --max-conns, -1 no limit; when the broker is full, the\n"+
-		"user holding the most loses its newest unfinished connection first")
+	set.IntVar(&cfg.maxConnsPerUID, "max-conns-per-uid", 0, "let each user (by uid) but root hold at most `N` connections, sending or\n"+
+		"waiting; 0 means half the connection limit; when the broker is full, the\n"+
+		"user holding the most loses its newest unfinished connection first;\n"+
+		"-1 turns off both the limit and that shedding")
 	set.IntVar(&cfg.maxWaitingPerUID, "max-waiting-per-uid", 0, "let each user (by uid) have at most `N` clients waiting;\n0 means no limit")
 	set.DurationVar(&cfg.maxWait, "max-wait", 0, "disconnect a client that has waited `DURATION` for its peer;\n0 means no limit")
-	set.StringVar(&cfg.socketGroup, "socket-group", "", "give the socket file to `GROUP` (a name or a number) after bind")
+	set.StringVar(&cfg.socketGroup, "socket-group", "", "give the socket file to `GROUP` (a name or a number) after bind,\nwithout following a link")
 	set.BoolVar(&cfg.fdstore, "fdstore", false, "at a stop, hand waiting clients to systemd's file descriptor store,\n"+
 		"which gives them back at the next start (needs FileDescriptorStoreMax=;\n"+
 		"on by itself when systemd sets $FDSTORE)")

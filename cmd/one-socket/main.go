@@ -69,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// first of all: nothing this process starts may inherit them. A
 	// program taking over from an upgrade takes the State first, so that
 	// whatever fails from then on until it serves gives it back.
-	boot := &startup{fallback: handover.TakeFallback(), keeper: handover.TakeKeeper(), failed: os.Getenv(handover.EnvFailed)}
+	boot := &startup{fallback: handover.TakeFallback(), keeper: handover.TakeKeeper(), prevMaxConns: takeMaxConns(), failed: os.Getenv(handover.EnvFailed)}
 	os.Unsetenv(handover.EnvFailed)
 	var err error
 	if boot.ho, err = handover.Take(); err != nil {
@@ -177,6 +177,9 @@ type startup struct {
 	keeper   int                // the pipe to the upgrade's keeper, or -1
 	failed   string             // why a new program gave the clients back to this one, or ""
 	restored *handover.Restored // the clients taken back from the store, or nil
+	// The previous program's connection limit, to give back with the
+	// clients (giveback.go); 0 when unknown.
+	prevMaxConns int
 	// Found before the log exists, reported once it does.
 	actErr, notifyErr, exeErr error
 }
@@ -661,13 +664,20 @@ func (d *instance) checkAbstract() error {
 	return nil
 }
 
-// maxConns is the connection limit: --max-conns, or derived from the
-// descriptor limit. The clients an upgrade or the store passed are open
-// already and would count as overhead: they are added back, so that the
-// limit after a restart is the limit before it.
+// maxConns is the connection limit: --max-conns; the limit the program
+// had, for one given its clients back; or derived from the descriptor
+// limit. The clients an upgrade or the store passed are open already and
+// would count as overhead: they are added back, so that the limit after a
+// restart is the limit before it.
 func (d *instance) maxConns() (int, error) {
 	if d.cfg.maxConns > 0 {
 		return d.cfg.maxConns, nil
+	}
+	if b := d.boot; b.ho != nil && b.failed != "" && b.prevMaxConns > 0 {
+		// Given the clients back: serve them with the limit this program
+		// had, even if the descriptor limit now leaves no room for it (it
+		// was lowered under the running daemon), rather than lose them.
+		return b.prevMaxConns, nil
 	}
 	// The descriptors the previous program opened after it took its
 	// limit (its sockets, pid file and clients), the fallback's and the
@@ -700,8 +710,11 @@ func (s *startup) giveBack(why error, env []string) {
 	handover.ReleaseKeeper(s.keeper)
 	s.keeper = -1
 	reason := strings.ReplaceAll(why.Error(), "\n", " ")
-	env = append(handover.WithoutEnv(os.Environ(), handover.EnvFailed, "NOTIFY_SOCKET"),
+	env = append(handover.WithoutEnv(os.Environ(), handover.EnvFailed, "NOTIFY_SOCKET", envMaxConns),
 		append(env, handover.EnvFailed+"="+reason)...)
+	if s.prevMaxConns > 0 {
+		env = append(env, maxConnsEnv(s.prevMaxConns))
+	}
 	err := handover.Exec(s.ho, "", s.fallback.FD, s.fallback.Args, env)
 	fmt.Fprintf(os.Stderr, "one-socket: cannot give the clients back: %v\n", err)
 }

@@ -118,7 +118,7 @@ func (d *instance) upgrade(trigger string, checked bool) error {
 		handover.ForgetStored(d.notify, nil, d.notifyFailed)
 	}
 	if rerr := d.resume(st, ctlFD); rerr != nil {
-		log.Error("cannot resume after the failed upgrade", "err", rerr)
+		log.Error("cannot resume after the failed upgrade", "err", rerr, "upgrade_err", err)
 		return errors.Join(err, rerr)
 	}
 	d.ready()
@@ -204,8 +204,9 @@ func (d *instance) exec(st *broker.State, ctlFD int) error {
 		return fmt.Errorf("opening this binary for a fallback: %w", os.NewSyscallError("open", err))
 	}
 	defer unix.Close(self)
-	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", handover.EnvKeeper),
+	env := append(handover.WithoutEnv(os.Environ(), handover.EnvFallback, handover.EnvFallbackArgs, handover.EnvFailed, "NOTIFY_SOCKET", handover.EnvKeeper, envMaxConns),
 		handover.FallbackEnv(self, os.Args)...)
+	env = append(env, maxConnsEnv(d.b.MaxConns()))
 	// Unset at start; the new program needs it for READY=1.
 	env = append(env, d.notify.Env()...)
 	keep := []int{self}

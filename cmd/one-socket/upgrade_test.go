@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +19,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
+	"github.com/one-socket/one-socket/internal/testutil"
 	spb "github.com/one-socket/one-socket/libspbroker"
 )
 
@@ -575,4 +579,296 @@ func TestUpgradeCarriesCounters(t *testing.T) {
 	pairOnce(t, sock)
 	assert.Eventually(t, func() bool { return pairedIs(4) }, 20*time.Second, 10*time.Millisecond)
 	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// openFDs counts the descriptors process pid holds.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	require.NoError(t, err)
+	return len(ents)
+}
+
+// TestUpgradeNoDescriptors upgrades a daemon whose descriptor limit was
+// lowered under it (prlimit, as an operator would): first to what it
+// holds, when the upgrade's own checks cannot run and it is refused; then
+// to a few more, enough for the checks and too few for the new program,
+// which finds no room for clients and gives them back. The previous
+// program must serve the same waiters, in the same process, with the
+// limit it had: it once failed as the new one had, and every client was
+// lost.
+func TestUpgradeNoDescriptors(t *testing.T) {
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "one.socket"), filepath.Join(dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, dir), sock, "--ctl-socket", ctl)
+	pid := d.pid()
+	before := status(t, ctl)["max_conns"]
+	ws := startWaiters(t, sock, 3)
+	waitWaiting(t, ctl, 3)
+
+	var rl unix.Rlimit
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &rl))
+	full := unix.Rlimit{Cur: uint64(openFDs(t, pid)), Max: rl.Max}
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &full, nil))
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	assert.Contains(t, d.waitLog("upgrade refused"), "too many open files")
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &rl, nil))
+	waitWaiting(t, ctl, 3)
+
+	// 12 more: the checks need 7 at most; the new program keeps 32 free
+	// besides what it holds, and finds the limit leaves no room.
+	n := uint64(openFDs(t, pid) + 12)
+	require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}, nil))
+	require.NoError(t, syscall.Kill(pid, syscall.SIGUSR2))
+	line := d.waitLog("the new program could not start; this one took the clients back")
+	assert.Contains(t, line, fmt.Sprintf("RLIMIT_NOFILE of %d leaves no room for clients", n))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), "msg=upgraded clients=3 waiting=3 ")
+	st := status(t, ctl)
+	assert.EqualValues(t, pid, st["pid"])
+	assert.Equal(t, before, st["max_conns"])
+	pairWaiters(t, sock, ws)
+	pairOnce(t, sock)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+	requireGone(t, sock, ctl)
+}
+
+// manyClients is how many clients TestUpgradeManyClients holds at the
+// upgrade: as many as once shrank the limit from 19,958 to 16,656.
+const manyClients = 3_300
+
+// TestUpgradeManyClients upgrades a daemon that holds 3,300 clients of
+// every kind: root's waiters, silent connections and half-sent requests,
+// and uid 1001's silent and half-sent ones. The new program must take all
+// of them over with the connection limit the daemon had (it once counted
+// them as its own overhead, and the limit stayed shrunk after they left),
+// keep that limit once they are gone and across another upgrade, and pair.
+func TestUpgradeManyClients(t *testing.T) {
+	testutil.NeedRoot(t)
+	var rl unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
+	require.Greater(t, rl.Cur, uint64(manyClients+500), "the test needs more descriptors than RLIMIT_NOFILE allows")
+	o := newOpenDir(t)
+	sock, ctl := filepath.Join(o.dir, "one.socket"), filepath.Join(o.dir, "ctl.socket")
+	d := spawnAt(t, copyDaemon(t, o.dir), sock, "--ctl-socket", ctl, "--socket-mode", "0666",
+		"--handshake-timeout", "10m")
+	before := status(t, ctl)
+	connsAre := func(n int) {
+		t.Helper()
+		require.Eventually(t, func() bool { return status(t, ctl)["conns"] == float64(n) },
+			time.Minute, 10*time.Millisecond, "the daemon never held %d connections", n)
+	}
+
+	// Root: 300 waiters, 700 silent, 300 half-sent; uid 1001: 1,000 each.
+	ws := startWaiters(t, sock, 300)
+	wire := getPairWire(uniqueKey("half"), spb.ModeServer)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := range 1000 {
+		c, err := net.Dial("unix", sock)
+		require.NoError(t, err)
+		held = append(held, c)
+		if i < 300 {
+			_, err = c.Write(wire[:len(wire)/2])
+			require.NoError(t, err)
+		}
+	}
+	hostile := []*testutil.Proc{
+		startAttacker(t, o, "hold", sock, "1000", "0"),
+		startAttacker(t, o, "hold", sock, "1000", strconv.Itoa(len(wire)/2)),
+	}
+	connsAre(manyClients)
+
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 1)
+	assert.Contains(t, d.stderr.String(), fmt.Sprintf("msg=upgraded clients=%d waiting=300 ", manyClients))
+	st := status(t, ctl)
+	for _, k := range []string{"max_conns", "max_conns_per_uid"} {
+		assert.Equal(t, before[k], st[k], "%s right after the upgrade", k)
+	}
+	// The new engine counts the clients as it takes them in, after the
+	// log line: all of them, none lost.
+	connsAre(manyClients)
+	pairOnce(t, sock)
+	pairWaiters(t, sock, ws)
+
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	for _, p := range hostile {
+		p.Kill()
+	}
+	connsAre(0)
+	assert.Equal(t, before["max_conns"], status(t, ctl)["max_conns"], "once the clients left")
+	require.NoError(t, syscall.Kill(d.pid(), syscall.SIGUSR2))
+	d.waitLogCount("upgraded", 2)
+	assert.Equal(t, before["max_conns"], status(t, ctl)["max_conns"], "after another upgrade")
+	pairOnce(t, sock)
+	assert.Equal(t, 0, d.stop(syscall.SIGTERM))
+}
+
+// BenchmarkUpgradeGap measures how long nobody accepts during an upgrade
+// by SIGUSR2: the old program serves through the new binary's checks, and
+// stops from the hand-over until the new program serves; clients that
+// connect in between wait in the socket's queue. A client pairs back to
+// back while the daemon, holding the waiters given, upgrades once an
+// iteration; the slowest pairing of each upgrade is the gap plus one
+// pairing, reported as its median and worst, with the daemon's own
+// median time from "upgrading" to "upgraded" (its log has milliseconds).
+//
+//	go test -run '^$' -bench UpgradeGap -benchtime 20x ./cmd/one-socket/
+func BenchmarkUpgradeGap(b *testing.B) {
+	for _, waiters := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("waiters=%d", waiters), func(b *testing.B) {
+			sock := filepath.Join(b.TempDir(), "one.socket")
+			var stderr testutil.LockedBuffer
+			cmd := exec.Command(daemonBin, "--socket", sock, "--ctl-socket", "none")
+			cmd.Env, cmd.Stderr = daemonEnv(), &stderr
+			testutil.StartProc(b, "one-socket", cmd)
+			for {
+				if c, err := net.Dial("unix", sock); err == nil {
+					c.Close()
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			for range waiters {
+				c, err := spb.Dial(sock)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { c.Close() })
+				if err := c.SendGetPair(uniqueKey("wait"), spb.ModeServer); err != nil {
+					b.Fatal(err)
+				}
+			}
+
+			// The pairer: one pairing at a time, each one's start and
+			// length kept.
+			type pairing struct {
+				start time.Time
+				took  time.Duration
+			}
+			var mu sync.Mutex
+			var done []pairing
+			var failed atomic.Value
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					key, start := uniqueKey("gap"), time.Now()
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					errs := make(chan error, 1)
+					go func() {
+						f, err := getPair(ctx, sock, key, spb.ModeServer)
+						if err == nil {
+							f.Close()
+						}
+						errs <- err
+					}()
+					f, err := getPair(ctx, sock, key, spb.ModeClient)
+					if err == nil {
+						f.Close()
+					}
+					err = errors.Join(err, <-errs)
+					cancel()
+					if err != nil {
+						failed.CompareAndSwap(nil, err)
+						return
+					}
+					mu.Lock()
+					done = append(done, pairing{start, time.Since(start)})
+					mu.Unlock()
+				}
+			})
+			defer func() {
+				close(stop)
+				wg.Wait()
+			}()
+
+			var worst []time.Duration
+			upgrades := 0
+			for b.Loop() {
+				mu.Lock()
+				from := len(done)
+				mu.Unlock()
+				sent := time.Now()
+				if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+					b.Fatal(err)
+				}
+				upgrades++
+				for strings.Count(stderr.String(), "msg=upgraded ") < upgrades {
+					if err := failed.Load(); err != nil {
+						b.Fatalf("a pairing failed: %v", err)
+					}
+					if time.Since(sent) > 20*time.Second {
+						b.Fatalf("no upgrade:\n%s", stderr.String())
+					}
+					time.Sleep(time.Millisecond)
+				}
+				// The pairer runs one pairing at a time: once one began after
+				// the new program served, the one held up by the upgrade is
+				// done.
+				served := time.Now()
+				var w time.Duration
+				for {
+					mu.Lock()
+					after := slices.Clone(done[from:])
+					mu.Unlock()
+					if n := len(after); n > 0 && after[n-1].start.After(served) {
+						for _, p := range after {
+							w = max(w, p.took)
+						}
+						break
+					}
+					if err := failed.Load(); err != nil {
+						b.Fatalf("a pairing failed: %v", err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				worst = append(worst, w)
+			}
+			if err := failed.Load(); err != nil {
+				b.Fatalf("a pairing failed: %v", err)
+			}
+			b.StopTimer()
+			slices.Sort(worst)
+			b.ReportMetric(float64(worst[len(worst)/2].Microseconds())/1000, "worst-pairing-p50-ms")
+			b.ReportMetric(float64(worst[len(worst)-1].Microseconds())/1000, "worst-pairing-max-ms")
+			b.ReportMetric(float64(medianGap(b, stderr.String()).Microseconds())/1000, "daemon-gap-p50-ms")
+		})
+	}
+}
+
+// medianGap is the median time from each "upgrading" line of a text log
+// to the "upgraded" line after it.
+func medianGap(b *testing.B, log string) time.Duration {
+	var gaps []time.Duration
+	var begun time.Time
+	for line := range strings.SplitSeq(log, "\n") {
+		stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		switch {
+		case err != nil:
+		case strings.Contains(line, "msg=upgrading "):
+			begun = at
+		case strings.Contains(line, "msg=upgraded ") && !begun.IsZero():
+			gaps = append(gaps, at.Sub(begun))
+		}
+	}
+	if len(gaps) == 0 {
+		b.Fatalf("no upgrade in the log:\n%s", log)
+	}
+	slices.Sort(gaps)
+	return gaps[len(gaps)/2]
 }
