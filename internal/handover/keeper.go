@@ -50,7 +50,7 @@ func StartKeeper(h *State, args, env []string) (int, error) {
 		return -1, os.NewSyscallError("pipe2", err)
 	}
 	// The keeper's copy of the State names the descriptors as the keeper
-	// will have them: ExtraFiles puts them at 5, 6, ... in order.
+	// will have them: at keeperFirst, keeperFirst+1, ... in order.
 	fds := h.FDs()
 	moved := h.Renumber(func(fd int) int {
 		for i, f := range fds {
@@ -66,18 +66,27 @@ func StartKeeper(h *State, args, env []string) (int, error) {
 		unix.Close(p[1])
 		return -1, err
 	}
-	files := []*os.File{os.NewFile(uintptr(mfd), "state"), os.NewFile(uintptr(p[0]), "pipe")}
-	for _, fd := range fds {
-		files = append(files, os.NewFile(uintptr(fd), "handed"))
+	// Raw descriptors, not os.Files: an *os.File made of a descriptor the
+	// daemon goes on using would close it when the collector finds the
+	// File unreachable, under the engine's (or the exec's) feet.
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		unix.Close(mfd)
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return -1, err
 	}
+	files := []uintptr{null.Fd(), 1, 2, uintptr(mfd), uintptr(p[0])}
+	for _, fd := range fds {
+		files = append(files, uintptr(fd))
+	}
+	env = append(append(WithoutEnv(os.Environ(), EnvVar, EnvKeeper, envKeeperFDs), env...),
+		envKeeperFDs+"="+strconv.Itoa(len(files)-3))
 	// This binary, by its link: the file at its path may be the new one.
-	cmd := exec.Command("/proc/self/exe", append([]string{KeeperFlag}, args...)...)
-	cmd.ExtraFiles = files
-	cmd.Env = append(WithoutEnv(os.Environ(), EnvVar, EnvKeeper, envKeeperFDs), env...)
-	cmd.Env = append(cmd.Env, envKeeperFDs+"="+strconv.Itoa(len(files)))
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	argv := append([]string{"/proc/self/exe", KeeperFlag}, args...)
 	// The first stage only forks the keeper proper and exits.
-	err = cmd.Run()
+	err = runStage(argv, env, files)
+	null.Close()
 	unix.Close(mfd)
 	unix.Close(p[0])
 	if err != nil {
@@ -85,6 +94,29 @@ func StartKeeper(h *State, args, env []string) (int, error) {
 		return -1, err
 	}
 	return p[1], nil
+}
+
+// runStage runs argv with files as its descriptors 0, 1, 2, ... (none of
+// them closed here) and waits for it to exit, with status 0 or an error.
+func runStage(argv, env []string, files []uintptr) error {
+	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{Env: env, Files: files})
+	if err != nil {
+		return &os.PathError{Op: "fork/exec", Path: argv[0], Err: err}
+	}
+	var ws syscall.WaitStatus
+	for {
+		_, err = syscall.Wait4(pid, &ws, 0, nil)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	switch {
+	case err != nil:
+		return os.NewSyscallError("wait4", err)
+	case !ws.Exited() || ws.ExitStatus() != 0:
+		return fmt.Errorf("keeper: first stage: %v", ws)
+	}
+	return nil
 }
 
 // ReleaseKeeper tells the keeper that the clients are served, and closes

@@ -3,7 +3,9 @@ package handover
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -78,4 +80,24 @@ func TestTakeKeeper(t *testing.T) {
 	assert.Equal(t, -1, TakeKeeper())
 	t.Setenv(EnvKeeper, "999999")
 	assert.Equal(t, -1, TakeKeeper())
+}
+
+// TestStartKeeperKeepsDescriptors checks that starting the keeper leaves
+// the daemon's own descriptors open however often the collector runs: the
+// daemon serves on with them, or hands them to the exec.
+func TestStartKeeperKeepsDescriptors(t *testing.T) {
+	h, _ := upgradeState(t, 4)
+	defer closeOwn(h)
+	k, err := StartKeeper(h, []string{os.Args[0], helperTakeBack}, nil)
+	require.NoError(t, err)
+	defer ReleaseKeeper(k)
+	// Finalizers run on a goroutine of their own after a collection.
+	for range 5 {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, fd := range h.FDs() {
+		_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		assert.NoError(t, err, "descriptor %d of the hand-over was closed", fd)
+	}
 }
