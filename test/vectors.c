@@ -64,6 +64,8 @@
 #include <socketpair-broker/proto.h>
 
 #define MAX_KEPT 256
+/* The kernel's SCM_MAX_FD: the most descriptors one message can carry. */
+#define SCM_MAX_FD 253
 #define LINE_MAX_LEN 16384
 
 static char sentinel_byte;
@@ -204,7 +206,7 @@ drain(int fd, unsigned char *out, size_t cap)
     while (n < cap) {
         union {
             struct cmsghdr align;
-            char buf[CMSG_SPACE(253 * sizeof(int))];
+            char buf[CMSG_SPACE(SCM_MAX_FD * sizeof(int))];
         } ctl;
         struct iovec iov = { .iov_base = out + n, .iov_len = cap - n };
         struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
