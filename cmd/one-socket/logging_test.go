@@ -279,12 +279,14 @@ func TestRefusalLines(t *testing.T) {
 	t.Run("connection limit", func(t *testing.T) {
 		sock := sockPath(t)
 		d := startDaemon(t, sock, "--max-conns", "1", "--max-conns-per-uid", "-1")
+		ctl := filepath.Join(filepath.Dir(sock), paths.ControlSocketName)
+		// startDaemon's probe of the socket must be gone first, or it
+		// takes the one place and this connection is the one refused.
+		waitFor(t, func() bool { return status(t, ctl)["conns"] == float64(0) })
 		conn, err := net.Dial("unix", sock)
 		require.NoError(t, err)
 		defer conn.Close()
-		waitFor(t, func() bool {
-			return status(t, filepath.Join(filepath.Dir(sock), paths.ControlSocketName))["conns"] == float64(1)
-		})
+		waitFor(t, func() bool { return status(t, ctl)["conns"] == float64(1) })
 		_ = ask(t, sock, "refused")
 		line := d.waitLog("refusing connections: connection limit reached")
 		assert.Contains(t, line, "level=WARN ")
