@@ -112,6 +112,9 @@ func TestConnectionLimit(t *testing.T) {
 	for _, c := range silent {
 		c.close()
 	}
+	// Until the engine has seen them go, the broker is still full, and a
+	// newcomer would be refused instead of pairing with its waiter.
+	e.waitStats(t, "the silent gone", func(s broker.Stats) bool { return s.Conns == limit-5 })
 	for i, w := range waiters[5:] {
 		pairBoth(t, w, e.request(t, keys[5+i], libspbroker.ModeClient))
 	}
