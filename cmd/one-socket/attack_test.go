@@ -891,6 +891,26 @@ func TestAttackFloodUnprivileged(t *testing.T) {
 	require.Equal(t, 0, d.stop(syscall.SIGTERM))
 }
 
+// floodedDaemon starts a daemon of --max-conns 200 (and flags) for a
+// benchmark, has each of uids hold 150 silent and 150 one-byte-a-second
+// connections to it, reconnecting whenever dropped, and returns once the
+// flood has had a second to fill the broker.
+func floodedDaemon(b *testing.B, uids []uint32, flags ...string) (*openDir, string) {
+	testutil.NeedRoot(b)
+	o := newOpenDir(b)
+	sock := filepath.Join(o.dir, "one.socket")
+	cmd := exec.Command(daemonBin, append([]string{"--socket", sock, "--ctl-socket", "none", "--socket-mode", "0666",
+		"--max-conns", "200", "--log-level", "error"}, flags...)...)
+	cmd.Env = daemonEnv()
+	testutil.StartProc(b, "one-socket", cmd)
+	for _, uid := range uids {
+		startAttackerAs(b, o, uid, "flood", sock, "150", "silent")
+		startAttackerAs(b, o, uid, "flood", sock, "150", "slow")
+	}
+	time.Sleep(time.Second) // the flood fills the broker
+	return o, sock
+}
+
 // BenchmarkPairUnderFlood measures root's pairings while uid 1001 floods
 // the broker as TestAttackFlood does, with a share as large as the broker
 // (so that every victim connection needs a shed): one pairing per
@@ -898,17 +918,7 @@ func TestAttackFloodUnprivileged(t *testing.T) {
 //
 //	go test -run '^$' -bench PairUnderFlood ./cmd/one-socket/
 func BenchmarkPairUnderFlood(b *testing.B) {
-	testutil.NeedRoot(b)
-	o := newOpenDir(b)
-	sock := filepath.Join(o.dir, "one.socket")
-	cmd := exec.Command(daemonBin, "--socket", sock, "--ctl-socket", "none", "--socket-mode", "0666",
-		"--max-conns", "200", "--max-conns-per-uid", "200", "--log-level", "error")
-	cmd.Env = daemonEnv()
-	testutil.StartProc(b, "one-socket", cmd)
-	for _, kind := range []string{"silent", "slow"} {
-		startAttacker(b, o, "flood", sock, "150", kind)
-	}
-	time.Sleep(time.Second) // the flood fills the broker
+	_, sock := floodedDaemon(b, []uint32{attackerUID}, "--max-conns-per-uid", "200")
 	var lat []time.Duration
 	for b.Loop() {
 		start := time.Now()
@@ -945,18 +955,7 @@ func BenchmarkPairUnderFlood(b *testing.B) {
 //
 //	go test -run '^$' -bench PairUnderFloodUnprivileged -benchtime 2000x ./cmd/one-socket/
 func BenchmarkPairUnderFloodUnprivileged(b *testing.B) {
-	testutil.NeedRoot(b)
-	o := newOpenDir(b)
-	sock := filepath.Join(o.dir, "one.socket")
-	cmd := exec.Command(daemonBin, "--socket", sock, "--ctl-socket", "none", "--socket-mode", "0666",
-		"--max-conns", "200", "--handshake-timeout", "1s", "--log-level", "error")
-	cmd.Env = daemonEnv()
-	testutil.StartProc(b, "one-socket", cmd)
-	for _, uid := range []uint32{attackerUID, 1003} {
-		startAttackerAs(b, o, uid, "flood", sock, "150", "silent")
-		startAttackerAs(b, o, uid, "flood", sock, "150", "slow")
-	}
-	time.Sleep(time.Second) // the flood fills the broker
+	o, sock := floodedDaemon(b, []uint32{attackerUID, 1003}, "--handshake-timeout", "1s")
 	b.ResetTimer()
 	out, err := attackerCmdAs(o, 1002, "pairs", sock, fmt.Sprintf("x%d", b.N)).Output()
 	b.StopTimer()
